@@ -1,0 +1,12 @@
+"""letta-otel-exporter: Letta provider traces as OpenTelemetry GenAI spans over OTLP."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("letta-otel-exporter")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0"
+
+__all__ = ["__version__"]

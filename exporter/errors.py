@@ -1,0 +1,159 @@
+"""The exporter's errors.
+
+Every failure a user can cause or meet (bad config, Letta unreachable, a malformed record, a
+collector that refuses) is one of these, so the CLI can print one clear line and exit with the
+right code instead of a traceback. Foreign errors (httpx, pydantic, grpc) are translated into
+these at the stage that meets them, with ``raise ... from exc``.
+
+    ExporterError
+    ├── ConfigError            (also ValueError)  a setting has a value that is not allowed
+    ├── SourceError                               reading from Letta or from a file failed
+    │   ├── SourceHTTPError                       Letta answered an error status (after retries)
+    │   ├── SourceConnectionError                 Letta could not be reached (after retries)
+    │   └── SourceResponseError                   Letta answered something unreadable
+    ├── RecordInvalidError     (also ValueError)  a record does not match its schema
+    ├── SinkError                                 the collector or output refused or failed
+    └── CheckpointError                           the state file cannot be read or written
+
+No error ever carries an API key, a bearer token or OTLP header values: messages name URLs
+(without credentials), status codes, record ids and field names only.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "ExporterError",
+    "RecordInvalidError",
+    "SinkError",
+    "SourceConnectionError",
+    "SourceError",
+    "SourceHTTPError",
+    "SourceResponseError",
+]
+
+
+class ExporterError(Exception):
+    """Base of every error the exporter raises on purpose."""
+
+
+class ConfigError(ExporterError, ValueError):
+    """A setting has a value that is not allowed.
+
+    Args:
+        setting: the name the user wrote it under (env var, flag or TOML key).
+        message: what is wrong and what is allowed.
+    """
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.message = message
+
+
+class SourceError(ExporterError):
+    """Reading provider traces (from Letta or a file) failed."""
+
+
+class SourceHTTPError(SourceError):
+    """Letta answered an error status, after any retries were spent.
+
+    Args:
+        url: the request URL (never with credentials).
+        status_code: the last HTTP status received.
+        detail: a short excerpt of the server's answer, if any.
+        attempts: how many times the request was sent.
+    """
+
+    def __init__(
+        self, url: str, status_code: int, *, detail: str | None = None, attempts: int = 1
+    ) -> None:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        text = f"Letta answered HTTP {status_code} for {url}{tries}"
+        if detail:
+            text += f": {detail}"
+        super().__init__(text)
+        self.url = url
+        self.status_code = status_code
+        self.detail = detail
+        self.attempts = attempts
+
+
+class SourceConnectionError(SourceError):
+    """Letta could not be reached (connection refused, timeout), after retries.
+
+    Args:
+        url: the request URL.
+        reason: the kind of failure, e.g. ``ConnectTimeout``.
+        attempts: how many times the request was sent.
+    """
+
+    def __init__(self, url: str, reason: str, *, attempts: int = 1) -> None:
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        super().__init__(f"could not reach Letta at {url}{tries}: {reason}")
+        self.url = url
+        self.reason = reason
+        self.attempts = attempts
+
+
+class SourceResponseError(SourceError):
+    """Letta answered 2xx with a body that is not what the route returns.
+
+    Args:
+        url: the request URL.
+        message: what was wrong with the body.
+    """
+
+    def __init__(self, url: str, message: str) -> None:
+        super().__init__(f"unreadable answer from {url}: {message}")
+        self.url = url
+        self.message = message
+
+
+class RecordInvalidError(ExporterError, ValueError):
+    """A record (ProviderTrace, Step, ...) does not match its schema.
+
+    Args:
+        kind: the record type, e.g. ``ProviderTrace``.
+        record_id: the record's id when it could be read, else ``None``.
+        field: the dotted path of the first offending field, or ``None`` for the whole record.
+        message: what is wrong with it.
+    """
+
+    def __init__(self, kind: str, record_id: str | None, field: str | None, message: str) -> None:
+        where = f" field {field!r}" if field else ""
+        ident = record_id or "<no id>"
+        super().__init__(f"invalid {kind} {ident}:{where} {message}")
+        self.kind = kind
+        self.record_id = record_id
+        self.field = field
+        self.message = message
+
+
+class SinkError(ExporterError):
+    """The collector or the output refused the spans or could not be reached.
+
+    Args:
+        target: where the spans were going (endpoint URL or file path; never headers).
+        message: what went wrong.
+    """
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(f"export to {target} failed: {message}")
+        self.target = target
+        self.message = message
+
+
+class CheckpointError(ExporterError):
+    """The checkpoint state file cannot be read or written.
+
+    Args:
+        path: the state file.
+        message: what went wrong.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"checkpoint {path}: {message}")
+        self.path = path
+        self.message = message

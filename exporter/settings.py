@@ -1,0 +1,497 @@
+"""The exporter's settings: one model, read once by the CLI and passed down.
+
+Precedence, highest first:
+
+1. command-line flags (``Settings.load(**flags)``);
+2. environment variables: ``LETTA_BASE_URL`` and ``LETTA_API_KEY`` (shared with Letta's own
+   clients), the standard ``OTEL_*`` variables (``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES``
+   and ``OTEL_EXPORTER_OTLP_[TRACES_]*``, the signal-specific one winning), and the exporter's own
+   under ``LETTA_EXPORTER_`` (``LETTA_EXPORTER_CONCURRENCY`` for ``concurrency``), a prefix that
+   does not clash with the Letta server's own ``LETTA_*`` settings;
+3. a TOML file (``--config`` or ``LETTA_EXPORTER_CONFIG``), keys as the field names below;
+   ``config/exporter.example.toml`` documents every one;
+4. the defaults below.
+
+A bad value is a :class:`~exporter.errors.ConfigError` whose one line names the setting and what
+is allowed. Secrets (``letta_api_key``, ``otlp_headers``) are ``SecretStr``: they print as
+``**********`` and are never logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+from urllib.parse import unquote
+
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "parse_key_value_list", "parse_time"]
+
+ENV_PREFIX: Final = "LETTA_EXPORTER_"
+#: Environment variable naming the TOML config file.
+CONFIG_ENV: Final = "LETTA_EXPORTER_CONFIG"
+
+DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
+DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318"
+
+_config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
+
+_RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_time(value: str | datetime, *, now: datetime | None = None) -> datetime:
+    """Read an ISO 8601 time or a relative one (``90s``, ``15m``, ``24h``, ``7d``, ``2w`` ago).
+
+    Naive times are UTC, as everywhere in Letta.
+
+    Raises:
+        ValueError: the text is neither.
+    """
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if match := _RELATIVE.match(value):
+        amount, unit = float(match.group(1)), match.group(2).lower()
+        return (now or datetime.now(UTC)) - timedelta(seconds=amount * _UNITS[unit])
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(
+            "expected an ISO 8601 time (2026-01-31T12:00:00Z) or a relative one (30m, 24h, 7d)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_key_value_list(text: str, *, setting: str) -> dict[str, str]:
+    """Parse the OTel ``key1=value1,key2=value2`` format (values URL-encoded).
+
+    Used for ``OTEL_EXPORTER_OTLP_HEADERS`` and ``OTEL_RESOURCE_ATTRIBUTES``. The error never
+    repeats the text: header values are secrets.
+
+    Raises:
+        ConfigError: a member is not ``key=value``.
+    """
+    result: dict[str, str] = {}
+    for index, item in enumerate(text.split(",")):
+        if not item.strip():
+            continue
+        key, sep, val = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                setting, f"item {index + 1} is not key=value (expected key1=value1,key2=value2)"
+            )
+        result[unquote(key.strip())] = unquote(val.strip())
+    return result
+
+
+def _split_list(value: Any) -> Any:
+    # Lists arrive as JSON arrays from TOML and flags, and as "a,b,c" from the environment.
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+StrList = Annotated[list[str], NoDecode]
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class Settings(BaseSettings):
+    """Everything the exporter can be told. See the module docstring for precedence."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        case_sensitive=False,
+        validate_default=True,
+    )
+
+    # --- Letta -----------------------------------------------------------------------------
+    letta_base_url: str = Field(
+        "http://localhost:8283",
+        validation_alias=_env("LETTA_BASE_URL", "letta_base_url"),
+        description="Base URL of the Letta server.",
+    )
+    letta_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=_env("LETTA_API_KEY", "letta_api_key"),
+        description="Sent as 'Authorization: Bearer <key>' (Letta Cloud, or a --secure server).",
+    )
+    project_id: str | None = Field(
+        None, description="Letta project: sent as X-Project-Id and used as a step filter."
+    )
+    letta_user_id: str | None = Field(
+        None, description="Self-hosted only: the 'user_id' header choosing the acting user."
+    )
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Timeout of each Letta call.")
+    concurrency: int = Field(8, ge=1, le=64, description="Letta requests in flight at most.")
+    max_retries: int = Field(
+        5, ge=0, le=100, description="Retries of a failed Letta call (429, 5xx, network)."
+    )
+    retry_backoff_initial_seconds: float = Field(0.5, gt=0, description="First retry delay.")
+    retry_backoff_max_seconds: float = Field(30.0, gt=0, description="Longest retry delay.")
+    page_size: int = Field(50, ge=1, le=1000, description="Steps or runs asked per page.")
+    discovery: Literal["auto", "steps", "runs"] = Field(
+        "auto",
+        description="How steps are found: GET /v1/steps/, through the runs, or auto-detect.",
+    )
+    trace_settle_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How long a step's missing (null) trace is asked again before it is "
+        "reported as 'no trace'.",
+    )
+
+    # --- what to export ------------------------------------------------------------------
+    source: Literal["letta", "file"] = Field(
+        "letta", description="Read from the Letta API or from a file of ProviderTraces."
+    )
+    input: Path | None = Field(
+        None, description="The file of ProviderTraces (JSON or JSON lines) for source=file."
+    )
+    since: datetime | None = Field(
+        None, description="Export steps created after this time (ISO 8601 or relative: 24h)."
+    )
+    until: datetime | None = Field(None, description="Export steps created before this time.")
+    agent_ids: StrList = Field(
+        default_factory=list, description="Only these agents (comma-separated in env)."
+    )
+    model: str | None = Field(None, description="Only steps of this model.")
+    limit: int | None = Field(None, ge=1, description="One-shot export: at most this many traces.")
+
+    # --- conversion ----------------------------------------------------------------------
+    content: Literal["none", "full", "raw"] = Field(
+        "none",
+        description="Prompt/completion content on spans: none, full (GenAI message "
+        "attributes) or raw (request/response JSON).",
+    )
+    content_max_bytes: int = Field(
+        16384, ge=256, description="Per-attribute size limit for content attributes."
+    )
+    redact_patterns: StrList = Field(
+        default_factory=list, description="Regular expressions blanked out of content."
+    )
+    join_letta_traces: bool = Field(
+        False, description="Put spans in the Letta server's own OTel trace when the step has one."
+    )
+    service_name: str = Field(
+        "letta", validation_alias=_env("OTEL_SERVICE_NAME", "service_name"), min_length=1
+    )
+    resource_attributes: str | None = Field(
+        None, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES", "resource_attributes")
+    )
+
+    # --- delivery ------------------------------------------------------------------------
+    sink: Literal["auto", "otlp", "file", "console"] = Field(
+        "auto",
+        description="auto: OTLP when an OTLP endpoint is set, else the OTLP JSON lines file.",
+    )
+    output: Path = Field(
+        Path("letta-traces.otlp.jsonl"), description="Where sink=file writes OTLP JSON lines."
+    )
+    otlp_protocol: Literal["grpc", "http/protobuf"] = Field(
+        "http/protobuf",
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL", "otlp_protocol"
+        ),
+    )
+    otlp_endpoint: str | None = Field(
+        None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint")
+    )
+    otlp_traces_endpoint: str | None = Field(
+        None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otlp_traces_endpoint")
+    )
+    otlp_headers: SecretStr | None = Field(
+        None,
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "otlp_headers"
+        ),
+    )
+    otlp_compression: Literal["none", "gzip"] = Field(
+        "none",
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+            "OTEL_EXPORTER_OTLP_COMPRESSION",
+            "otlp_compression",
+        ),
+    )
+    otlp_timeout_ms: int = Field(
+        10000,
+        gt=0,
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT", "otlp_timeout_ms"
+        ),
+        description="Per-export timeout in milliseconds, as the OTel specification defines it.",
+    )
+    otlp_insecure: bool | None = Field(
+        None,
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE", "otlp_insecure"
+        ),
+    )
+    otlp_certificate: Path | None = Field(
+        None,
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CERTIFICATE",
+            "otlp_certificate",
+        ),
+    )
+    otlp_client_key: Path | None = Field(
+        None,
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
+            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
+            "otlp_client_key",
+        ),
+    )
+    otlp_client_certificate: Path | None = Field(
+        None,
+        validation_alias=_env(
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
+            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
+            "otlp_client_certificate",
+        ),
+    )
+    batch_size: int = Field(512, ge=1, le=10000, description="Spans per export request.")
+    export_deadline_seconds: float = Field(
+        120.0,
+        gt=0,
+        description="One-shot export: how long a failing collector is retried before giving up.",
+    )
+
+    # --- running -------------------------------------------------------------------------
+    state_path: Path = Field(
+        Path("letta-otel-exporter.state.json"), description="The checkpoint file."
+    )
+    dead_letter_path: Path = Field(
+        Path("letta-otel-exporter.dead-letter.jsonl"),
+        description="Where records that cannot be converted or delivered are written.",
+    )
+    poll_interval_seconds: float = Field(15.0, gt=0, description="Sidecar: time between polls.")
+    shutdown_timeout_seconds: float = Field(
+        30.0, gt=0, description="Sidecar: longest time SIGTERM waits for in-flight work."
+    )
+    shard: str | None = Field(
+        None, description="'i/n': this replica exports the steps whose id hashes to shard i of n."
+    )
+    health_host: str = Field("0.0.0.0", description="Sidecar: /healthz, /readyz, /metrics host.")  # noqa: S104
+    health_port: int = Field(9464, ge=0, le=65535, description="Sidecar: their port (0: off).")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # ------------------------------------------------------------------------------------
+    @field_validator("agent_ids", "redact_patterns", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("redact_patterns")
+    @classmethod
+    def _compile_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return value
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _times(cls, value: Any) -> Any:
+        if value is None or value == "":
+            return None
+        if isinstance(value, str | datetime):
+            return parse_time(value)
+        return value
+
+    @field_validator("letta_base_url", "otlp_endpoint", "otlp_traces_endpoint")
+    @classmethod
+    def _urls(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("otlp_protocol", "otlp_compression", "content", "sink", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.strip().upper() if isinstance(value, str) else value
+
+    @field_validator("shard")
+    @classmethod
+    def _shard(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+        if not match or not 0 <= int(match.group(1)) < int(match.group(2)):
+            raise ValueError("expected 'i/n' with 0 <= i < n, e.g. 0/3")
+        return f"{int(match.group(1))}/{int(match.group(2))}"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.since and self.until and self.since >= self.until:
+            raise ValueError("since must be before until")
+        if self.source == "file" and self.input is None:
+            raise ValueError("source=file needs input (a file of ProviderTraces, or - for stdin)")
+        return self
+
+    # ------------------------------------------------------------------------------------
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if (path := _config_file.get()) is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, *, config_file: Path | str | None = None, **flags: Any) -> Settings:
+        """Build the settings from flags, environment, TOML file and defaults.
+
+        Args:
+            config_file: the TOML file; defaults to ``$LETTA_EXPORTER_CONFIG`` when set.
+            **flags: values given on the command line (``None`` means "not given").
+
+        Raises:
+            ConfigError: a value is not allowed, the file cannot be read, or an unknown
+                ``LETTA_EXPORTER_*`` variable or TOML key is set (likely a typo).
+        """
+        path = config_file if config_file is not None else os.environ.get(CONFIG_ENV) or None
+        if path is not None:
+            path = Path(path)
+            if not path.is_file():
+                raise ConfigError("config file", f"{path} does not exist or is not a file")
+        _reject_unknown_env()
+        given = {k: v for k, v in flags.items() if v is not None and v != () and v != []}
+        token = _config_file.set(path)
+        try:
+            return cls(**given)
+        except ValidationError as exc:
+            raise _config_error(exc) from None
+        except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
+            raise ConfigError(str(path or "config"), str(exc).splitlines()[0]) from None
+        finally:
+            _config_file.reset(token)
+
+    # --- derived values ----------------------------------------------------------------
+    @property
+    def effective_sink(self) -> Literal["otlp", "file", "console"]:
+        """The sink in use: ``auto`` means OTLP when an endpoint is configured, else the file."""
+        if self.sink != "auto":
+            return self.sink
+        return "otlp" if (self.otlp_endpoint or self.otlp_traces_endpoint) else "file"
+
+    @property
+    def otlp_traces_url(self) -> str:
+        """The traces endpoint as the OTel specification resolves it for the chosen protocol.
+
+        The signal-specific endpoint is used as is; the generic one gets ``/v1/traces`` appended
+        for HTTP; the defaults are ``localhost:4317`` (gRPC) and ``localhost:4318`` (HTTP).
+        """
+        if self.otlp_traces_endpoint:
+            return self.otlp_traces_endpoint
+        if self.otlp_protocol == "grpc":
+            return self.otlp_endpoint or DEFAULT_GRPC_ENDPOINT
+        base = (self.otlp_endpoint or DEFAULT_HTTP_ENDPOINT).rstrip("/")
+        return f"{base}/v1/traces"
+
+    def otlp_header_dict(self) -> dict[str, str]:
+        """OTLP headers as a dict (they may hold API keys: never log the result)."""
+        if self.otlp_headers is None:
+            return {}
+        return parse_key_value_list(
+            self.otlp_headers.get_secret_value(), setting="OTEL_EXPORTER_OTLP_HEADERS"
+        )
+
+    def resource_attribute_dict(self) -> dict[str, str]:
+        """``OTEL_RESOURCE_ATTRIBUTES`` as a dict."""
+        if not self.resource_attributes:
+            return {}
+        return parse_key_value_list(self.resource_attributes, setting="OTEL_RESOURCE_ATTRIBUTES")
+
+    @property
+    def shard_spec(self) -> tuple[int, int] | None:
+        """``(index, count)`` of this replica's shard, or ``None`` when not sharded."""
+        if self.shard is None:
+            return None
+        index, count = self.shard.split("/")
+        return int(index), int(count)
+
+
+def env_names(field: str) -> list[str]:
+    """The environment variables that set ``field``, the one that wins first."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return [c for c in alias.choices if isinstance(c, str) and c != field]
+    return [f"{ENV_PREFIX}{field.upper()}"]
+
+
+def _field_for(name: str) -> str | None:
+    if name in Settings.model_fields:
+        return name
+    for field in Settings.model_fields:
+        if name.upper() in env_names(field):
+            return field
+    return None
+
+
+def _reject_unknown_env() -> None:
+    known = {f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields} | {CONFIG_ENV}
+    for name in os.environ:
+        if name.upper().startswith(ENV_PREFIX) and name.upper() not in known:
+            raise ConfigError(name, "unknown setting (see config/exporter.example.toml)")
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    first = exc.errors(include_url=False, include_input=False)[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    given = loc[0] if loc else ""
+    if first.get("type") == "extra_forbidden":
+        return ConfigError(given, "unknown setting (see config/exporter.example.toml)")
+    field = _field_for(given)
+    name = f"{field} ({' / '.join(env_names(field))})" if field else given or "settings"
+    message = str(first.get("msg", "invalid value"))
+    if ctx := first.get("ctx"):
+        expected = ctx.get("expected")
+        if expected:
+            message = f"expected {expected}"
+    return ConfigError(name, message.removeprefix("Value error, "))
