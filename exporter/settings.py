@@ -115,6 +115,9 @@ StrList = Annotated[list[str], NoDecode]
 
 
 def _env(*names: str) -> AliasChoices:
+    # Environment names only. The field's own name must not be a choice: pydantic-settings would
+    # then also read it as a bare variable (a stray SERVICE_NAME or OTLP_ENDPOINT in a container
+    # would change the settings). Flags and TOML keys still use the field name (validate_by_name).
     return AliasChoices(*names)
 
 
@@ -129,17 +132,19 @@ class Settings(BaseSettings):
         validate_by_alias=True,
         case_sensitive=False,
         validate_default=True,
+        # The OTel specification: an empty variable means the same as an unset one.
+        env_ignore_empty=True,
     )
 
     # --- Letta -----------------------------------------------------------------------------
     letta_base_url: str = Field(
         "http://localhost:8283",
-        validation_alias=_env("LETTA_BASE_URL", "letta_base_url"),
+        validation_alias=_env("LETTA_BASE_URL"),
         description="Base URL of the Letta server.",
     )
     letta_api_key: SecretStr | None = Field(
         None,
-        validation_alias=_env("LETTA_API_KEY", "letta_api_key"),
+        validation_alias=_env("LETTA_API_KEY"),
         description="Sent as 'Authorization: Bearer <key>' (Letta Cloud, or a --secure server).",
     )
     project_id: str | None = Field(
@@ -199,12 +204,8 @@ class Settings(BaseSettings):
     join_letta_traces: bool = Field(
         False, description="Put spans in the Letta server's own OTel trace when the step has one."
     )
-    service_name: str = Field(
-        "letta", validation_alias=_env("OTEL_SERVICE_NAME", "service_name"), min_length=1
-    )
-    resource_attributes: str | None = Field(
-        None, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES", "resource_attributes")
-    )
+    service_name: str = Field("letta", validation_alias=_env("OTEL_SERVICE_NAME"), min_length=1)
+    resource_attributes: str | None = Field(None, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES"))
 
     # --- delivery ------------------------------------------------------------------------
     sink: Literal["auto", "otlp", "file", "console"] = Field(
@@ -216,66 +217,48 @@ class Settings(BaseSettings):
     )
     otlp_protocol: Literal["grpc", "http/protobuf"] = Field(
         "http/protobuf",
-        validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL", "otlp_protocol"
-        ),
+        validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"),
     )
-    otlp_endpoint: str | None = Field(
-        None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT", "otlp_endpoint")
-    )
+    otlp_endpoint: str | None = Field(None, validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
     otlp_traces_endpoint: str | None = Field(
-        None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otlp_traces_endpoint")
+        None, validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     )
     otlp_headers: SecretStr | None = Field(
         None,
-        validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS", "otlp_headers"
-        ),
+        validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"),
     )
     otlp_compression: Literal["none", "gzip"] = Field(
         "none",
         validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-            "otlp_compression",
+            "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"
         ),
     )
     otlp_timeout_ms: int = Field(
         10000,
         gt=0,
-        validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT", "otlp_timeout_ms"
-        ),
+        validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"),
         description="Per-export timeout in milliseconds, as the OTel specification defines it.",
     )
     otlp_insecure: bool | None = Field(
         None,
-        validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE", "otlp_insecure"
-        ),
+        validation_alias=_env("OTEL_EXPORTER_OTLP_TRACES_INSECURE", "OTEL_EXPORTER_OTLP_INSECURE"),
     )
     otlp_certificate: Path | None = Field(
         None,
         validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            "otlp_certificate",
+            "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"
         ),
     )
     otlp_client_key: Path | None = Field(
         None,
         validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY",
-            "OTEL_EXPORTER_OTLP_CLIENT_KEY",
-            "otlp_client_key",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"
         ),
     )
     otlp_client_certificate: Path | None = Field(
         None,
         validation_alias=_env(
-            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE",
-            "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE",
-            "otlp_client_certificate",
+            "OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"
         ),
     )
     batch_size: int = Field(512, ge=1, le=10000, description="Spans per export request.")
@@ -319,6 +302,18 @@ class Settings(BaseSettings):
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"{pattern!r} is not a regular expression ({exc})") from None
+        return value
+
+    @field_validator("otlp_headers", "resource_attributes")
+    @classmethod
+    def _key_value_lists(cls, value: SecretStr | str | None) -> SecretStr | str | None:
+        # Checked here so a typo fails at start-up (and in `check`), not at the first export.
+        if value is not None:
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            try:
+                parse_key_value_list(text, setting="")
+            except ConfigError as exc:
+                raise ValueError(exc.message) from None  # the message never repeats the text
         return value
 
     @field_validator("since", "until", mode="before")
