@@ -1,0 +1,219 @@
+"""The durable cursor: where delivery stopped, per filter set, in one JSON state file.
+
+Delivery is at-least-once. The worker saves the checkpoint only after the collector accepted a
+batch, so after a crash (even ``kill -9``) the next start resumes at the last delivered step and
+re-sends at most what was in flight; re-sent spans carry the same ids, so backends deduplicate.
+
+The file is written atomically: a temporary file in the same directory, ``fsync``, ``rename``,
+then ``fsync`` of the directory. A reader sees either the old or the new state, never half.
+
+One file holds several *streams*, one per filter set (Letta URL, agents, model, project, shard,
+and for one-shot exports the time window), so different jobs can share a state file without
+resuming each other's cursors. A stream holds:
+
+* ``cursor``: the discovery position (see ``exporter.source``) of the last step handled;
+* ``pending``: steps whose trace was ``null`` when asked (Letta writes traces asynchronously),
+  asked again on later passes until they settle;
+* ``open_runs``: runs with delivered steps whose ``invoke_agent`` parent span is not emitted yet,
+  with the time range of their spans and the ids of the steps delivered (so a run that is still
+  going neither loses nor re-exports steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import CheckpointError
+
+__all__ = ["Checkpoint", "OpenRun", "PendingStep", "StreamState", "stream_key"]
+
+_VERSION: Final = 1
+
+
+@dataclass(slots=True)
+class PendingStep:
+    """A step whose trace was not written yet when it was first asked for."""
+
+    step_id: str
+    run_id: str | None
+    first_seen: float  # Unix seconds
+    attempts: int = 1
+
+
+@dataclass(slots=True)
+class OpenRun:
+    """A run with exported steps and no parent span yet."""
+
+    run_id: str
+    agent_id: str | None = None
+    first_start_ns: int | None = None
+    last_end_ns: int | None = None
+    step_ids: list[str] = field(default_factory=list)
+    last_step_id: str | None = None
+
+    def add(self, step_id: str, start_ns: int | None, end_ns: int | None) -> None:
+        """Record a delivered step of this run and widen the run's time range."""
+        if step_id not in self.step_ids:
+            self.step_ids.append(step_id)
+        self.last_step_id = step_id
+        if start_ns is not None:
+            self.first_start_ns = (
+                start_ns if self.first_start_ns is None else min(self.first_start_ns, start_ns)
+            )
+        if end_ns is not None:
+            self.last_end_ns = end_ns if self.last_end_ns is None else max(self.last_end_ns, end_ns)
+
+
+@dataclass(slots=True)
+class StreamState:
+    """The state of one filter set."""
+
+    cursor: str | None = None
+    mode: str | None = None
+    pending: dict[str, PendingStep] = field(default_factory=dict)
+    open_runs: dict[str, OpenRun] = field(default_factory=dict)
+    delivered: int = 0
+    description: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cursor": self.cursor,
+            "mode": self.mode,
+            "delivered": self.delivered,
+            "description": self.description,
+            "pending": {
+                k: {"run_id": v.run_id, "first_seen": v.first_seen, "attempts": v.attempts}
+                for k, v in self.pending.items()
+            },
+            "open_runs": {
+                k: {
+                    "agent_id": v.agent_id,
+                    "first_start_ns": v.first_start_ns,
+                    "last_end_ns": v.last_end_ns,
+                    "step_ids": v.step_ids,
+                    "last_step_id": v.last_step_id,
+                }
+                for k, v in self.open_runs.items()
+            },
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StreamState:
+        return cls(
+            cursor=data.get("cursor"),
+            mode=data.get("mode"),
+            delivered=int(data.get("delivered", 0)),
+            description=dict(data.get("description") or {}),
+            pending={
+                k: PendingStep(
+                    step_id=k,
+                    run_id=v.get("run_id"),
+                    first_seen=float(v["first_seen"]),
+                    attempts=int(v.get("attempts", 1)),
+                )
+                for k, v in (data.get("pending") or {}).items()
+            },
+            open_runs={
+                k: OpenRun(
+                    run_id=k,
+                    agent_id=v.get("agent_id"),
+                    first_start_ns=v.get("first_start_ns"),
+                    last_end_ns=v.get("last_end_ns"),
+                    step_ids=list(v.get("step_ids") or []),
+                    last_step_id=v.get("last_step_id"),
+                )
+                for k, v in (data.get("open_runs") or {}).items()
+            },
+        )
+
+
+def stream_key(**parts: Any) -> str:
+    """A short stable key for a filter set (order of ``parts`` does not matter)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """The state file. Load once, mutate a stream's state, ``save()`` after each delivery.
+
+    Args:
+        path: the state file; its directory is created if missing.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._streams: dict[str, StreamState] = {}
+        self._load()
+
+    def _load(self) -> None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise CheckpointError(str(self.path), f"cannot read: {exc.strerror}") from exc
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != _VERSION:
+                raise ValueError(f"unsupported format (version {data.get('version')!r})")
+            self._streams = {
+                key: StreamState.from_json(value) for key, value in data["streams"].items()
+            }
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(
+                str(self.path),
+                f"not a valid state file ({exc}); move it away to start from scratch",
+            ) from exc
+
+    def stream(self, key: str) -> StreamState:
+        """The state of one filter set (created empty the first time)."""
+        return self._streams.setdefault(key, StreamState())
+
+    def save(self) -> None:
+        """Write the whole state atomically (temp file, fsync, rename, fsync the directory).
+
+        Raises:
+            CheckpointError: the file cannot be written (disk full, permissions).
+        """
+        payload = json.dumps(
+            {"version": _VERSION, "streams": {k: v.to_json() for k, v in self._streams.items()}},
+            separators=(",", ":"),
+        ).encode()
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(payload)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            _fsync_dir(directory)
+        except OSError as exc:
+            raise CheckpointError(str(self.path), f"cannot write: {exc.strerror or exc}") from exc
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the rename itself durable; not possible on every platform, hence best effort.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,531 @@
+"""The pipeline, for the sidecar and the one-shot job alike.
+
+    discover steps -> fetch traces (bounded concurrency) -> convert -> batch -> ship -> checkpoint
+
+One pass walks everything new since the checkpoint, in discovery order:
+
+1. steps whose trace was ``null`` last time (``pending``) are asked again;
+2. in runs discovery, runs still going (``open_runs``) are asked for steps added since;
+3. discovery continues after the saved cursor.
+
+Fetches run ahead of the in-order consumer in a bounded window, so memory stays flat however
+long the backlog. Spans are shipped in batches; the checkpoint (cursor, pending steps, open runs)
+is saved only after the collector accepted a batch. A failed export is re-sent with backoff (the
+one retry layer for this hop), forever in the sidecar and until a deadline in the one-shot job; the
+cursor never passes an undelivered span. What can never be delivered (an invalid record, a batch
+the collector refuses for good, a trace still missing after the settle time) is written to the
+dead-letter file, counted and logged: nothing is dropped silently.
+
+A run's ``invoke_agent`` parent span is shipped once the run is finished (or at the end of a
+one-shot export window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from .checkpoint import Checkpoint, OpenRun, PendingStep, StreamState
+from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
+from .errors import RecordInvalidError, SourceError
+from .models import Agent, ProviderTrace, Run, Step, StepMetrics
+from .shipping import ExportSummary, RateLimitedLog, Shipper, Stopped, wait_or_stop
+from .source import LettaClient, StepFilter
+from .telemetry import DeadLetter, Metrics
+
+__all__ = ["Worker", "WorkerOptions", "in_shard"]
+
+_logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerOptions:
+    """How a worker runs; built from Settings by the CLI."""
+
+    batch_size: int = 512
+    concurrency: int = 8
+    trace_settle_seconds: float = 300.0
+    #: None: retry a failing export forever (sidecar); else give up after this many seconds.
+    export_deadline_seconds: float | None = None
+    retry_initial_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    limit: int | None = None
+    dry_run: bool = False
+    shard: tuple[int, int] | None = None
+
+
+class _Source(Protocol):
+    """What the worker needs from the Letta client (a narrow seam for tests)."""
+
+    async def discovery_mode(self) -> str: ...
+    def discover(self, filt: StepFilter, *, resume: str | None = None) -> AsyncIterator[Any]: ...
+    def list_run_steps(self, run_id: str, *, after: str | None = None) -> AsyncIterator[Step]: ...
+    async def get_trace(self, step_id: str) -> ProviderTrace | None: ...
+    async def get_step(self, step_id: str) -> Step: ...
+    async def get_step_metrics(self, step_id: str) -> StepMetrics | None: ...
+    async def get_run(self, run_id: str) -> Run: ...
+    async def get_agent(self, agent_id: str) -> Agent | None: ...
+
+
+@dataclass(slots=True)
+class _Item:
+    """A step to handle, in discovery order."""
+
+    step_id: str
+    step: Step | None
+    position: str | None  # the discovery cursor after this step (None: not from discovery)
+    in_shard: bool = True
+
+
+@dataclass(slots=True)
+class _Fetched:
+    item: _Item
+    trace: ProviderTrace | None = None
+    context: TraceContext | None = None
+    error: Exception | None = None
+
+
+@dataclass(slots=True)
+class _Entry:
+    """Bookkeeping for one handled step inside a batch (applied once the batch is delivered)."""
+
+    item: _Item
+    span_index: int | None = None  # into the batch's spans
+    run_id: str | None = None
+    agent_id: str | None = None
+    trace_id: str | None = None
+    pending: PendingStep | None = None
+    settled_missing: bool = False
+
+
+@dataclass(slots=True)
+class _Batch:
+    spans: list[ReadableSpan] = field(default_factory=list)
+    entries: list[_Entry] = field(default_factory=list)
+    last_position: str | None = None
+
+
+def in_shard(step_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether this replica owns the step: a stable hash of the id modulo the replica count."""
+    if shard is None:
+        return True
+    index, count = shard
+    return zlib.crc32(step_id.encode()) % count == index
+
+
+class Worker:
+    """Runs the pipeline for one filter set (one checkpoint stream).
+
+    Args:
+        client: the Letta source.
+        exporter: any SpanExporter; ours report partial_success and permanent failures.
+        checkpoint: the state file; ``stream`` selects this filter set's state in it.
+        stream: the checkpoint stream key.
+        filt: which steps to export.
+        convert_options: content policy and id options.
+        resource: the OTel resource of every span.
+        options: batching, concurrency, retry and limit options.
+        metrics: where counts go.
+        dead_letter: where undeliverable records go.
+        stop: set to stop; backoffs wait on it.
+        on_progress: called with the running summary after each batch (progress bars).
+        clock: Unix seconds (tests pass a fake).
+    """
+
+    def __init__(
+        self,
+        *,
+        client: _Source | LettaClient,
+        exporter: SpanExporter,
+        checkpoint: Checkpoint,
+        stream: str,
+        filt: StepFilter,
+        convert_options: ConvertOptions,
+        resource: Resource,
+        options: WorkerOptions,
+        metrics: Metrics,
+        dead_letter: DeadLetter,
+        stop: asyncio.Event,
+        on_progress: Callable[[ExportSummary], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client: _Source = client  # type: ignore[assignment]
+        self._exporter = exporter
+        self._checkpoint = checkpoint
+        self._state: StreamState = checkpoint.stream(stream)
+        self._filter = filt
+        self._convert = convert_options
+        self._resource = resource
+        self._options = options
+        self._metrics = metrics
+        self._dead_letter = dead_letter
+        self._stop = stop
+        self._on_progress = on_progress
+        self._clock = clock
+        self._runs: dict[str, Run] = {}
+        self._total = ExportSummary()
+        self._log = RateLimitedLog(_logger)
+        self._shipper = Shipper(
+            exporter=exporter,
+            metrics=metrics,
+            dead_letter=dead_letter,
+            stop=stop,
+            deadline_seconds=options.export_deadline_seconds,
+            retry_initial_seconds=options.retry_initial_seconds,
+            retry_max_seconds=options.retry_max_seconds,
+            dry_run=options.dry_run,
+            on_wait=self._beat,
+        )
+        self.heartbeat = clock()
+        self.passes = 0
+
+    @property
+    def state(self) -> StreamState:
+        return self._state
+
+    @property
+    def total(self) -> ExportSummary:
+        """Everything done since this worker was made."""
+        return self._total
+
+    # ------------------------------------------------------------------ the pass
+    async def run_pass(self, *, final: bool = False) -> ExportSummary:
+        """Export everything new once.
+
+        Args:
+            final: the end of a one-shot window: ship the parents of runs still going too.
+
+        Raises:
+            Stopped: shutdown was requested while a batch was undelivered.
+            UndeliveredError: (one-shot) the collector did not accept a batch in time.
+            SourceError: Letta failed after retries; the checkpoint holds what was delivered.
+        """
+        summary = ExportSummary()
+        self._runs.clear()
+        mode = await self._client.discovery_mode()
+        if self._state.mode not in (None, mode):
+            _logger.warning(
+                "discovery changed from %s to %s: the saved cursor does not apply, starting over "
+                "(spans keep their ids, so a backend sees no duplicates)",
+                self._state.mode,
+                mode,
+            )
+            self._state.cursor = None
+        self._state.mode = mode
+        batch = _Batch()
+        try:
+            async for fetched in self._fetch_ahead(self._items(mode, summary)):
+                await self._consume(fetched, batch, summary, mode)
+                if len(batch.spans) >= self._options.batch_size:
+                    await self._ship(batch, summary)
+                    batch = _Batch()
+                self.heartbeat = self._clock()
+            await self._ship(batch, summary)
+            await self._ship_finished_runs(summary, final=final)
+        finally:
+            summary.pending = len(self._state.pending)
+            self._metrics.pending_traces.set(len(self._state.pending))
+            self._metrics.open_runs.set(len(self._state.open_runs))
+            self._total.add(summary)
+        self.passes += 1
+        self.heartbeat = self._clock()
+        self._metrics.last_pass.set(self.heartbeat)
+        self._metrics.lag_seconds.set(0)
+        return summary
+
+    async def _items(self, mode: str, summary: ExportSummary) -> AsyncIterator[_Item]:
+        seen: set[str] = set()
+        limit = self._options.limit
+        if limit is not None:
+            limit -= self._total.discovered
+            if limit <= 0:
+                return
+
+        def fresh(step_id: str) -> bool:
+            if step_id in seen:
+                return False
+            seen.add(step_id)
+            return True
+
+        for step_id in list(self._state.pending):
+            if fresh(step_id):
+                yield _Item(step_id=step_id, step=None, position=None)
+        if mode == "runs":
+            for run in list(self._state.open_runs.values()):
+                async for step in self._client.list_run_steps(run.run_id, after=run.last_step_id):
+                    if step.id not in run.step_ids and fresh(step.id):
+                        yield self._item(step, None)
+        count = 0
+        async for found in self._client.discover(self._filter, resume=self._state.cursor):
+            step: Step = found.step
+            if self._stop.is_set():
+                return
+            if not fresh(step.id) or self._already_delivered(step):
+                yield _Item(step_id=step.id, step=step, position=found.position, in_shard=False)
+                continue
+            item = self._item(step, found.position)
+            if not item.in_shard:
+                summary.skipped_shard += 1
+            else:
+                summary.discovered += 1
+                count += 1
+            yield item
+            if limit is not None and count >= limit:
+                return
+
+    def _item(self, step: Step, position: str | None) -> _Item:
+        return _Item(
+            step_id=step.id,
+            step=step,
+            position=position,
+            in_shard=in_shard(step.id, self._options.shard),
+        )
+
+    def _already_delivered(self, step: Step) -> bool:
+        run = self._state.open_runs.get(step.run_id or "")
+        return run is not None and step.id in run.step_ids
+
+    async def _fetch_ahead(self, items: AsyncIterator[_Item]) -> AsyncIterator[_Fetched]:
+        """Fetch up to ``2 x concurrency`` steps ahead, yielding results in discovery order."""
+        window: deque[asyncio.Task[_Fetched]] = deque()
+        depth = max(2, self._options.concurrency * 2)
+        try:
+            async for item in items:
+                window.append(asyncio.create_task(self._fetch(item)))
+                while len(window) >= depth:
+                    yield await window.popleft()
+            while window:
+                yield await window.popleft()
+        finally:
+            for task in window:
+                task.cancel()
+            if window:
+                await asyncio.gather(*window, return_exceptions=True)
+
+    async def _fetch(self, item: _Item) -> _Fetched:
+        if not item.in_shard:
+            return _Fetched(item)
+        try:
+            trace = await self._client.get_trace(item.step_id)
+            step = item.step
+            if step is None:
+                step = await self._client.get_step(item.step_id)
+                item.step = step
+            metrics = None
+            if trace is not None and trace.latency_ms is None:
+                metrics = await self._client.get_step_metrics(item.step_id)
+            run_id = (trace.run_id if trace else None) or step.run_id
+            run = await self._run(run_id) if run_id else None
+            agent_id = (trace.agent_id if trace else None) or step.agent_id
+            agent = await self._client.get_agent(agent_id) if agent_id else None
+        except RecordInvalidError as exc:
+            return _Fetched(item, error=exc)
+        return _Fetched(
+            item,
+            trace=trace,
+            context=TraceContext(step=step, metrics=metrics, run=run, agent=agent),
+        )
+
+    async def _run(self, run_id: str) -> Run:
+        run = self._runs.get(run_id)
+        if run is None:
+            run = await self._client.get_run(run_id)
+            self._runs[run_id] = run
+        return run
+
+    async def _consume(
+        self, fetched: _Fetched, batch: _Batch, summary: ExportSummary, mode: str
+    ) -> None:
+        item = fetched.item
+        if item.position is not None:
+            batch.last_position = item.position
+        if not item.in_shard:
+            return
+        entry = _Entry(item=item)
+        batch.entries.append(entry)
+        step = item.step
+        entry.run_id = step.run_id if step else None
+        entry.agent_id = step.agent_id if step else None
+        if fetched.error is not None:
+            summary.invalid += 1
+            summary.failures.append(f"{item.step_id}: {fetched.error}")
+            self._metrics.traces_failed.labels(reason="invalid").inc()
+            self._dead_letter.write("invalid", step_id=item.step_id, error=str(fetched.error))
+            _logger.error(
+                "step %s: %s (written to the dead-letter file)", item.step_id, fetched.error
+            )
+            return
+        trace = fetched.trace
+        if trace is None:
+            self._handle_missing(entry, fetched.context, summary)
+            return
+        assert fetched.context is not None
+        span = convert_trace(trace, fetched.context, options=self._convert, resource=self._resource)
+        entry.span_index = len(batch.spans)
+        entry.run_id = trace.run_id or entry.run_id
+        entry.agent_id = trace.agent_id or entry.agent_id
+        entry.trace_id = trace.id
+        batch.spans.append(span)
+
+    def _handle_missing(
+        self, entry: _Entry, context: TraceContext | None, summary: ExportSummary
+    ) -> None:
+        now = self._clock()
+        known = self._state.pending.get(entry.item.step_id)
+        first_seen = known.first_seen if known else now
+        attempts = known.attempts + 1 if known else 1
+        settle = self._options.trace_settle_seconds
+        run = context.run if context else None
+        finished_long_ago = (
+            run is not None
+            and run.is_finished
+            and run.completed_at is not None
+            and now - run.completed_at.timestamp() >= settle
+        )
+        if finished_long_ago or now - first_seen >= settle:
+            entry.settled_missing = True
+            return
+        entry.pending = PendingStep(
+            step_id=entry.item.step_id,
+            run_id=entry.run_id,
+            first_seen=first_seen,
+            attempts=attempts,
+        )
+
+    # ------------------------------------------------------------------ shipping
+    def _beat(self) -> None:
+        self.heartbeat = self._clock()
+
+    async def _ship(self, batch: _Batch, summary: ExportSummary) -> None:
+        """Deliver a batch, then record its steps and save the checkpoint."""
+        if not batch.spans and not batch.entries and batch.last_position is None:
+            return
+        ids = [e.trace_id for e in batch.entries if e.trace_id]
+        await self._shipper.ship(batch.spans, ids, summary)
+        state = self._state
+        for entry in batch.entries:
+            step_id = entry.item.step_id
+            if entry.pending is not None:
+                state.pending[step_id] = entry.pending
+                continue
+            state.pending.pop(step_id, None)
+            if entry.settled_missing:
+                summary.missing += 1
+                self._metrics.traces_missing.inc()
+                self._dead_letter.write("no_trace", step_id=step_id, run_id=entry.run_id)
+                _logger.warning(
+                    "step %s has no trace after the settle time (tracking off, or the call "
+                    "failed before a trace was written); recorded in the dead-letter file",
+                    step_id,
+                )
+                continue
+            if entry.span_index is not None and entry.run_id:
+                span = batch.spans[entry.span_index]
+                run = state.open_runs.setdefault(
+                    entry.run_id, OpenRun(run_id=entry.run_id, agent_id=entry.agent_id)
+                )
+                run.add(step_id, span.start_time, span.end_time)
+        if batch.last_position is not None:
+            state.cursor = batch.last_position
+        state.delivered += len(batch.spans)
+        self._checkpoint.save()
+        if batch.spans and (last := batch.spans[-1].end_time):
+            self._metrics.lag_seconds.set(max(0.0, self._clock() - last / 1e9))
+        if self._on_progress is not None:
+            self._on_progress(summary)
+
+    async def _ship_finished_runs(self, summary: ExportSummary, *, final: bool) -> None:
+        """Ship the invoke_agent span of every run that can get no more spans."""
+        state = self._state
+        waiting = {p.run_id for p in state.pending.values()}
+        spans: list[ReadableSpan] = []
+        done: list[str] = []
+        for open_run in list(state.open_runs.values()):
+            run = await self._run(open_run.run_id)
+            if not final and (not run.is_finished or open_run.run_id in waiting):
+                continue
+            agent = await self._client.get_agent(run.agent_id or open_run.agent_id or "")
+            spans.append(
+                convert_run(
+                    run,
+                    agent=agent,
+                    first_start_ns=open_run.first_start_ns,
+                    last_end_ns=open_run.last_end_ns,
+                    step_count=len(open_run.step_ids),
+                    options=self._convert,
+                    resource=self._resource,
+                )
+            )
+            done.append(open_run.run_id)
+            if len(spans) >= self._options.batch_size:
+                await self._ship_runs(spans, done, summary)
+                spans, done = [], []
+        await self._ship_runs(spans, done, summary)
+
+    async def _ship_runs(
+        self, spans: list[ReadableSpan], run_ids: list[str], summary: ExportSummary
+    ) -> None:
+        if not spans:
+            return
+        await self._shipper.ship(spans, run_ids, summary, kind="run")
+        for run_id in run_ids:
+            self._state.open_runs.pop(run_id, None)
+        self._checkpoint.save()
+
+    # ------------------------------------------------------------------ the two modes
+    async def run_forever(self, *, poll_seconds: float) -> None:
+        """The sidecar: a pass every ``poll_seconds`` until ``stop`` is set.
+
+        A pass that fails on Letta (after the client's retries) is logged and tried again at the
+        next poll; the checkpoint holds what was delivered.
+        """
+        while not self._stop.is_set():
+            try:
+                await self.run_pass()
+            except Stopped:
+                break
+            except SourceError as exc:
+                self._log.warning("source", "pass failed, trying again next poll: %s", exc)
+            self.heartbeat = self._clock()
+            await self._sleep(poll_seconds)
+
+    async def export_window(self, *, poll_seconds: float = 5.0) -> ExportSummary:
+        """The one-shot job: export everything, wait for traces not written yet (up to the
+        settle time), then ship the parents of every run touched, finished or not.
+
+        Raises:
+            Stopped: shutdown was requested while a batch was undelivered.
+            UndeliveredError: the collector did not accept a batch before the deadline.
+            SourceError: Letta failed after retries.
+        """
+        await self.run_pass()
+        while self._state.pending and not self._stop.is_set():
+            await self._sleep(min(poll_seconds, self._next_settle()))
+            if self._stop.is_set():
+                break
+            await self.run_pass()
+        if not self._stop.is_set():
+            final = ExportSummary()
+            await self._ship_finished_runs(final, final=True)
+            self._total.add(final)
+        self._total.pending = len(self._state.pending)
+        return self._total
+
+    def _next_settle(self) -> float:
+        now = self._clock()
+        settle = self._options.trace_settle_seconds
+        waits = [p.first_seen + settle - now for p in self._state.pending.values()]
+        return max(0.05, min(waits, default=0.05))
+
+    async def _sleep(self, seconds: float) -> None:
+        await wait_or_stop(self._stop, seconds)
