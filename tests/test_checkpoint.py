@@ -1,0 +1,75 @@
+"""The state file: survives restarts, is written atomically, and refuses garbage clearly."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from exporter.checkpoint import Checkpoint, OpenRun, PendingStep, stream_key
+from exporter.errors import CheckpointError
+
+
+def test_round_trip_keeps_cursor_pending_and_open_runs(tmp_path):
+    path = tmp_path / "state" / "state.json"
+    cp = Checkpoint(path)
+    stream = cp.stream("k1")
+    stream.cursor = "step-2"
+    stream.mode = "steps"
+    stream.pending["step-3"] = PendingStep("step-3", "run-1", first_seen=100.5, attempts=2)
+    run = OpenRun("run-1", agent_id="agent-1")
+    run.add("step-1", 10, 20)
+    run.add("step-2", 5, 40)
+    stream.open_runs["run-1"] = run
+    cp.save()
+
+    again = Checkpoint(path).stream("k1")
+    assert again.cursor == "step-2"
+    assert again.mode == "steps"
+    assert again.pending["step-3"].first_seen == 100.5
+    assert again.pending["step-3"].attempts == 2
+    restored = again.open_runs["run-1"]
+    assert restored.step_ids == ["step-1", "step-2"]
+    assert (restored.first_start_ns, restored.last_end_ns) == (5, 40)
+    assert restored.last_step_id == "step-2"
+    # Another filter set does not see this one's cursor.
+    assert Checkpoint(path).stream("k2").cursor is None
+
+
+def test_save_replaces_the_file_atomically_and_leaves_no_temp_files(tmp_path):
+    path = tmp_path / "state.json"
+    cp = Checkpoint(path)
+    for i in range(5):
+        cp.stream("k").cursor = f"step-{i}"
+        cp.save()
+    assert json.loads(path.read_text())["streams"]["k"]["cursor"] == "step-4"
+    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+
+
+def test_corrupt_state_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not a valid state file"):
+        Checkpoint(path)
+    path.write_text('{"version": 99, "streams": {}}')
+    with pytest.raises(CheckpointError, match="unsupported format"):
+        Checkpoint(path)
+
+
+def test_unreadable_or_unwritable_location_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        Checkpoint(blocker / "state.json")  # its directory is a file
+    cp = Checkpoint(tmp_path / "later" / "state.json")
+    (tmp_path / "later").write_text("now a file")  # the directory cannot be created any more
+    with pytest.raises(CheckpointError, match="cannot write"):
+        cp.save()
+
+
+def test_stream_key_is_stable_and_order_independent():
+    a = stream_key(letta="http://x", agents=["a", "b"], model=None)
+    b = stream_key(model=None, agents=["a", "b"], letta="http://x")
+    assert a == b
+    assert a != stream_key(letta="http://x", agents=["a"], model=None)
