@@ -1,0 +1,273 @@
+"""Collecting span attributes so that every value is a valid OTel attribute value.
+
+OTel attribute values are ``str``, ``bool``, ``int`` (int64), ``float`` or homogeneous sequences
+of one of those; ``None`` is not allowed. :class:`SpanAttributes` only accepts such values, reads
+loosely typed record values (tokens as strings, floats for ints, ...) through the ``as_*``
+helpers, and collects a warning for whatever it had to leave out, so the span can say so in
+``letta.convert.warnings``. :meth:`SpanAttributes.finish` then applies redaction, the size limit
+and the truncation bookkeeping to every string, once, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
+
+from ._json import fit_json, truncate_text
+from ._sanitize import (
+    REDACTED,
+    Cleaner,
+    fix_text,
+    is_credential_key,
+    redact_text,
+    scrub_url_userinfo,
+)
+from ._semconv import LETTA_CONTENT_TRUNCATED, LETTA_CONVERT_WARNINGS
+
+__all__ = ["INT64_MAX", "AttributeValue", "SpanAttributes", "as_float", "as_int", "as_str"]
+
+INT64_MAX: Final = 2**63 - 1
+INT64_MIN: Final = -(2**63)
+MAX_WARNINGS: Final = 32
+# Flattening a mapping stops after this many attributes (a newer server's extra fields, a
+# pathological llm_config); the rest is reported in a warning, not silently dropped.
+MAX_FLATTENED: Final = 256
+# Deeper than this, a nested value is put on the span as one JSON string.
+MAX_FLATTEN_DEPTH: Final = 6
+
+AttributeValue = (
+    str | bool | int | float | Sequence[str] | Sequence[bool] | Sequence[int] | Sequence[float]
+)
+
+
+def as_int(value: Any) -> int | None:
+    """A non-negative int64 from an int, an integral float or a decimal string; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        result = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        result = int(value)
+    elif isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 19:
+        result = int(value.strip())
+    else:
+        return None
+    return result if 0 <= result <= INT64_MAX else None
+
+
+def as_float(value: Any) -> float | None:
+    """A finite float from an int or float (not bool), or from a numeric string; else ``None``."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        try:
+            result = float(value)
+        except OverflowError:
+            return None
+    elif isinstance(value, str):
+        try:
+            result = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    return result if math.isfinite(result) else None
+
+
+def as_str(value: Any) -> str | None:
+    """``value`` if it is a non-empty string, else ``None``."""
+    return value if isinstance(value, str) and value else None
+
+
+def _scalar(value: Any) -> str | bool | int | float | None:
+    """A flattened scalar as an attribute value; ``None`` when it is not a scalar."""
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value if INT64_MIN <= value <= INT64_MAX else str(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return None
+
+
+def _homogeneous(items: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``items`` as an attribute sequence if they are scalars of one OTel type, else ``None``."""
+    if not items:
+        return ()
+    kind = type(items[0])
+    if kind not in (str, bool, int, float) or any(type(item) is not kind for item in items):
+        return None
+    if kind is int and any(not INT64_MIN <= item <= INT64_MAX for item in items):
+        return None
+    if kind is float and any(not math.isfinite(item) for item in items):
+        return None
+    return tuple(items)
+
+
+class SpanAttributes:
+    """The attributes of one span under construction, plus the warnings met on the way.
+
+    Args:
+        redactors: the user's compiled redaction patterns.
+        max_bytes: the per-attribute size limit in UTF-8 bytes.
+    """
+
+    __slots__ = ("_json", "max_bytes", "redactors", "values", "warnings")
+
+    def __init__(self, redactors: tuple[re.Pattern[str], ...], max_bytes: int) -> None:
+        self.values: dict[str, AttributeValue] = {}
+        self.warnings: list[str] = []
+        self.redactors = redactors
+        self.max_bytes = max_bytes
+        # JSON-valued attributes kept as cleaned structures until finish(): their truncation
+        # must keep them valid JSON. Value: (structure, may shortened containers get markers).
+        self._json: dict[str, tuple[Any, bool]] = {}
+
+    # --- writing ---------------------------------------------------------------------------
+    def warn(self, message: str) -> None:
+        """Record something that could not be read (never the unreadable value itself)."""
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(message)
+        elif len(self.warnings) == MAX_WARNINGS:
+            self.warnings.append("more warnings left out")
+
+    def put_str(self, key: str, value: Any) -> None:
+        """Set ``key`` when ``value`` is a non-empty string."""
+        if isinstance(value, str) and value:
+            self.values[key] = value
+
+    def put_int(self, key: str, value: Any, *, where: str | None = None) -> None:
+        """Set ``key`` to a non-negative int64 read loosely; warn (naming ``where``) otherwise."""
+        if value is None:
+            return
+        number = as_int(value)
+        if number is None:
+            if where:
+                self.warn(f"{where}: expected a non-negative integer, got {type(value).__name__}")
+            return
+        self.values[key] = number
+
+    def put_float(self, key: str, value: Any, *, where: str | None = None) -> None:
+        """Set ``key`` to a finite float read loosely; warn (naming ``where``) otherwise."""
+        if value is None:
+            return
+        number = as_float(value)
+        if number is None:
+            if where:
+                self.warn(f"{where}: expected a number, got {type(value).__name__}")
+            return
+        self.values[key] = number
+
+    def put_bool(self, key: str, value: Any) -> None:
+        """Set ``key`` when ``value`` is a bool."""
+        if isinstance(value, bool):
+            self.values[key] = value
+
+    def put_strs(self, key: str, value: Any, *, where: str | None = None) -> None:
+        """Set ``key`` to a string array from a list of strings (or one string)."""
+        if value is None:
+            return
+        if isinstance(value, str):
+            self.values[key] = (value,)
+            return
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            self.values[key] = tuple(value)
+            return
+        if where:
+            self.warn(f"{where}: expected a list of strings, got {type(value).__name__}")
+
+    def put_json(self, key: str, structure: Any, *, markers: bool) -> None:
+        """Set ``key`` to a cleaned JSON structure, serialised (and fitted) in :meth:`finish`."""
+        self._json[key] = (structure, markers)
+
+    def flatten(self, prefix: str, value: Any, cleaner: Cleaner) -> None:
+        """Put a nested record value on the span as dotted scalar attributes.
+
+        Mappings become ``prefix.key`` (nested: ``prefix.a.b``); lists of scalars of one type
+        become arrays; anything else (mixed lists, lists of objects, nesting deeper than
+        :data:`MAX_FLATTEN_DEPTH`) becomes one JSON string. ``None`` means "not set" and is
+        skipped. Credential keys get ``[REDACTED]`` at any depth.
+        """
+        budget = [MAX_FLATTENED]
+        self._flatten(prefix, value, cleaner, 0, budget)
+        if budget[0] < 0:
+            self.warn(f"{prefix}: more than {MAX_FLATTENED} fields; the rest left out")
+
+    def _flatten(
+        self, key: str, value: Any, cleaner: Cleaner, depth: int, budget: list[int]
+    ) -> None:
+        if value is None:
+            return
+        if budget[0] <= 0:
+            budget[0] = -1
+            return
+        if isinstance(value, Mapping) and depth < MAX_FLATTEN_DEPTH:
+            for sub_key, sub_value in value.items():
+                name = f"{key}.{cleaner.key(sub_key)}"
+                if is_credential_key(sub_key):
+                    if sub_value is not None:
+                        budget[0] -= 1
+                        self.values[name] = REDACTED
+                    continue
+                self._flatten(name, sub_value, cleaner, depth + 1, budget)
+                if budget[0] < 0:
+                    return
+            return
+        budget[0] -= 1
+        scalar = _scalar(value)
+        if scalar is not None:
+            # Redaction and the size limit come in finish(); URL passwords go now.
+            self.values[key] = scrub_url_userinfo(scalar) if isinstance(scalar, str) else scalar
+            return
+        if isinstance(value, list | tuple):
+            items = _homogeneous(value)
+            if items is not None:
+                if items and isinstance(items[0], str):
+                    items = tuple(scrub_url_userinfo(item) for item in items)
+                self.values[key] = items
+                return
+        self.put_json(key, cleaner.clean(value), markers=True)
+
+    # --- reading ---------------------------------------------------------------------------
+    def finish(self) -> dict[str, AttributeValue]:
+        """The final attributes: JSON serialised, strings redacted and fitted, warnings added."""
+        truncated: list[str] = []
+        limit = self.max_bytes
+        for key, (structure, markers) in self._json.items():
+            text, cut = fit_json(structure, limit, markers=markers)
+            self.values[key] = text
+            if cut:
+                truncated.append(key)
+        json_keys = self._json.keys()
+        for key, value in self.values.items():
+            if key in json_keys:
+                continue
+            if isinstance(value, str):
+                text, cut = self._fit(value, limit)
+                if text is not value:
+                    self.values[key] = text
+                if cut:
+                    truncated.append(key)
+            elif isinstance(value, tuple) and value and isinstance(value[0], str):
+                fitted = [self._fit(item, limit) for item in value]
+                if any(cut for _, cut in fitted):
+                    truncated.append(key)
+                self.values[key] = tuple(text for text, _ in fitted)
+        if truncated:
+            self.values[LETTA_CONTENT_TRUNCATED] = tuple(truncated)
+        if self.warnings:
+            self.values[LETTA_CONVERT_WARNINGS] = tuple(
+                truncate_text(fix_text(w), limit)[0] for w in self.warnings
+            )
+        return self.values
+
+    def fit_text(self, value: str) -> str:
+        """One free-text value (a status description) made safe and fitted like an attribute."""
+        return self._fit(value, self.max_bytes)[0]
+
+    def _fit(self, value: str, limit: int) -> tuple[str, bool]:
+        if self.redactors:
+            value = redact_text(value, self.redactors)
+        return truncate_text(fix_text(value), limit)

@@ -1,0 +1,165 @@
+"""Making record values safe to put on a span: no credentials, no redacted text, valid JSON.
+
+Letta records hold whatever the provider SDK, the agent's config or a newer server put there.
+Before any of it reaches an attribute it goes through :class:`Cleaner`, which
+
+* replaces the value of every credential-looking key (``api_key``, ``Authorization``, ...),
+  case-insensitively and at any depth, by ``[REDACTED]``, whatever the content policy;
+* applies the user's redaction patterns to every string;
+* hides passwords in URLs (``https://user:pass@host``);
+* turns what JSON cannot hold (NaN, non-string keys, bytes, sets, objects, lone surrogates,
+  nesting deeper than :data:`MAX_DEPTH`) into strings, so serialising the result cannot fail.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+__all__ = [
+    "DEPTH_MARKER",
+    "MAX_DEPTH",
+    "REDACTED",
+    "Cleaner",
+    "fix_text",
+    "is_credential_key",
+    "redact_text",
+    "scrub_url_userinfo",
+]
+
+REDACTED: Final = "[REDACTED]"
+DEPTH_MARKER: Final = "[nesting too deep]"
+MAX_DEPTH: Final = 64
+
+# Compared after lower-casing and mapping "-" to "_". Exact names first, then suffixes, so
+# "max_tokens" or "budget_tokens" (token counts, not tokens) are left alone.
+_CREDENTIAL_KEYS: Final = frozenset(
+    {
+        "api_key",
+        "apikey",
+        "x_api_key",
+        "api_token",
+        "authorization",
+        "proxy_authorization",
+        "auth",
+        "password",
+        "passwd",
+        "secret",
+        "client_secret",
+        "secret_key",
+        "private_key",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth_token",
+        "bearer_token",
+        "session_token",
+        "cookie",
+        "set_cookie",
+        "credentials",
+        "x_goog_api_key",
+        "aws_secret_access_key",
+        "aws_session_token",
+    }
+)
+_CREDENTIAL_SUFFIXES: Final = (
+    "_api_key",
+    "_apikey",
+    "_password",
+    "_secret",
+    "_secret_key",
+    "_private_key",
+    "_access_token",
+    "_auth_token",
+    "_refresh_token",
+    "_session_token",
+    "_credentials",
+)
+_URL_USERINFO: Final = re.compile(r"(?<=://)[^/@\s?#]+@")
+
+
+def is_credential_key(key: object) -> bool:
+    """Whether a mapping key names a credential (its value must never be exported)."""
+    if not isinstance(key, str):
+        return False
+    name = key.strip().lower().replace("-", "_")
+    return name in _CREDENTIAL_KEYS or name.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def scrub_url_userinfo(text: str) -> str:
+    """Hide ``user:password@`` in URLs inside ``text``."""
+    if "://" in text and "@" in text:
+        return _URL_USERINFO.sub(f"{REDACTED}@", text)
+    return text
+
+
+def fix_text(text: str) -> str:
+    """Replace lone surrogates (not encodable as UTF-8, so not exportable) by U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return text
+
+
+def redact_text(text: str, redactors: tuple[re.Pattern[str], ...]) -> str:
+    """Apply the user's redaction patterns to one string."""
+    for pattern in redactors:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+@dataclass(slots=True)
+class Cleaner:
+    """One pass over a JSON-like value producing a JSON-safe, credential-free copy.
+
+    Attributes:
+        redactors: the user's compiled redaction patterns.
+        clipped: set when some part was nested deeper than :data:`MAX_DEPTH` and replaced.
+    """
+
+    redactors: tuple[re.Pattern[str], ...] = ()
+    clipped: bool = field(default=False)
+
+    def text(self, value: str) -> str:
+        """A string made safe: redacted, URL passwords hidden, surrogates replaced."""
+        if self.redactors:
+            value = redact_text(value, self.redactors)
+        return fix_text(scrub_url_userinfo(value))
+
+    def clean(self, value: Any, depth: int = 0) -> Any:
+        """A JSON-serialisable copy of ``value`` (see the module docstring)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if value is None or isinstance(value, bool | int):
+            return value
+        if isinstance(value, float):
+            return value if math.isfinite(value) else repr(value)
+        if depth >= MAX_DEPTH:
+            self.clipped = True
+            return DEPTH_MARKER
+        if isinstance(value, Mapping):
+            return {
+                self.key(k): REDACTED if is_credential_key(k) else self.clean(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self.clean(item, depth + 1) for item in value]
+        return self.text(_as_text(value))
+
+    def key(self, key: object) -> str:
+        """A mapping key as JSON needs it: a string (only surrogates fixed, never redacted)."""
+        return fix_text(key) if isinstance(key, str) else fix_text(_as_text(key))
+
+
+def _as_text(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - a foreign object's __str__ may fail; its type still says something
+        return f"<{type(value).__name__}>"

@@ -1,0 +1,574 @@
+"""ProviderTrace (+ Step, StepMetrics, Run, Agent) -> ``ReadableSpan``: the assembly.
+
+Trace shape: one trace per Letta run. The run is an ``invoke_agent`` span (kind INTERNAL) built by
+:func:`convert_run`; each LLM call is a CLIENT span whose parent is that run span (a local
+parent, ``is_remote=False``, even when the run span is exported later). A trace with no run gets
+a trace of its own, derived from its step id, and no parent. With ``join_letta_traces`` and a
+Step carrying the Letta server's own OTel trace id, the LLM span is a root in the server's trace
+instead, linked to the run span (``letta.run.trace_id`` / ``letta.run.span_id`` say where).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.sdk.version import __version__ as sdk_version
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from exporter import __version__
+from exporter.models import Agent, ProviderTrace, Run, Step, StepMetrics
+
+from . import _semconv as sc
+from ._attributes import SpanAttributes
+from ._content import add_content
+from ._ids import (
+    parse_trace_id_hex,
+    run_span_id_for,
+    span_id_for,
+    trace_id_for_record,
+    trace_id_for_run,
+)
+from ._options import ConvertOptions, TraceContext
+from ._providers import parse_endpoint, provider_name
+from ._sanitize import Cleaner, scrub_url_userinfo
+from ._shapes import (
+    Shape,
+    Usage,
+    read_error,
+    read_request,
+    read_response,
+    request_shape,
+    response_shape,
+)
+from ._timing import call_timing, datetime_to_ns, run_timing
+
+__all__ = ["SCOPE", "build_resource", "convert_run", "convert_trace"]
+
+SCOPE: Final = InstrumentationScope(sc.SCOPE_NAME, __version__, sc.SCHEMA_URL)
+_SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
+_DEFAULT_OPTIONS: Final = ConvertOptions()
+_PROVIDER_SHAPES: Final = frozenset(
+    {Shape.OPENAI_CHAT, Shape.OPENAI_RESPONSES, Shape.ANTHROPIC, Shape.GOOGLE}
+)
+# Step token counts describe the step's agent call; a summarization call in the same step has its
+# own usage, so the step's counts stand in only for agent-step calls.
+_STEP_USAGE_CALL_TYPES: Final = frozenset({None, "agent_step"})
+
+_STEP_STRINGS: Final = (
+    ("status", "letta.step.status"),
+    ("stop_reason", "letta.step.stop_reason"),
+    ("error_type", "letta.step.error_type"),
+    ("model", "letta.step.model"),
+    ("model_handle", "letta.step.model_handle"),
+    ("model_endpoint", "letta.step.model_endpoint"),
+    ("provider_name", "letta.step.provider_name"),
+    ("provider_category", "letta.step.provider_category"),
+    ("provider_id", "letta.step.provider_id"),
+    ("origin", "letta.step.origin"),
+    ("organization_id", "letta.step.organization_id"),
+    ("project_id", "letta.step.project_id"),
+    ("tid", "letta.step.tid"),
+    ("trace_id", "letta.step.trace_id"),
+    ("request_id", "letta.step.request_id"),
+    ("feedback", "letta.step.feedback"),
+)
+_STEP_INTS: Final = (
+    ("context_window_limit", "letta.step.context_window_limit"),
+    ("prompt_tokens", "letta.step.prompt_tokens"),
+    ("completion_tokens", "letta.step.completion_tokens"),
+    ("total_tokens", "letta.step.total_tokens"),
+    ("cached_input_tokens", "letta.step.cached_input_tokens"),
+    ("cache_write_tokens", "letta.step.cache_write_tokens"),
+    ("reasoning_tokens", "letta.step.reasoning_tokens"),
+)
+_METRICS_INTS: Final = (
+    ("llm_request_ns", "letta.step.llm_request_ns"),
+    ("tool_execution_ns", "letta.step.tool_execution_ns"),
+    ("step_ns", "letta.step.step_ns"),
+    ("step_start_ns", "letta.step.step_start_ns"),
+    ("llm_request_start_ns", "letta.step.llm_request_start_ns"),
+)
+_METRICS_STRINGS: Final = (
+    ("template_id", "letta.step.template_id"),
+    ("base_template_id", "letta.step.base_template_id"),
+    ("project_id", "letta.step.project_id"),
+)
+_USAGE_ATTRIBUTES: Final = (
+    ("input_tokens", sc.GEN_AI_USAGE_INPUT_TOKENS),
+    ("output_tokens", sc.GEN_AI_USAGE_OUTPUT_TOKENS),
+    ("cache_read_tokens", sc.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS),
+    ("cache_creation_tokens", sc.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS),
+    ("reasoning_tokens", sc.GEN_AI_USAGE_REASONING_OUTPUT_TOKENS),
+)
+
+
+def build_resource(
+    service_name: str = "letta", attributes: Mapping[str, str] | None = None
+) -> Resource:
+    """The resource of every span: ``service.name``, the caller's attributes, ``telemetry.sdk.*``.
+
+    Built without ``Resource.create`` on purpose: that reads ``OTEL_RESOURCE_ATTRIBUTES`` from the
+    environment, which is the caller's job (the CLI parses it into ``attributes``).
+
+    Args:
+        service_name: ``service.name``; it wins over a ``service.name`` in ``attributes``.
+        attributes: extra resource attributes (e.g. parsed ``OTEL_RESOURCE_ATTRIBUTES``).
+    """
+    values: dict[str, Any] = {
+        sc.TELEMETRY_SDK_LANGUAGE: "python",
+        sc.TELEMETRY_SDK_NAME: "opentelemetry",
+        sc.TELEMETRY_SDK_VERSION: sdk_version,
+    }
+    for key, value in (attributes or {}).items():
+        if isinstance(key, str) and key and isinstance(value, str | bool | int | float):
+            values[key] = value
+    values[sc.SERVICE_NAME] = service_name or "letta"
+    return Resource(values, schema_url=sc.SCHEMA_URL)
+
+
+def convert_trace(
+    trace: ProviderTrace,
+    context: TraceContext | None = None,
+    *,
+    options: ConvertOptions = _DEFAULT_OPTIONS,
+    resource: Resource,
+) -> ReadableSpan:
+    """One LLM call as an OTel GenAI CLIENT span.
+
+    Args:
+        trace: the provider trace.
+        context: what else is known (step, metrics, run, agent); all optional.
+        options: content policy, size limit, redaction, trace joining.
+        resource: from :func:`build_resource`.
+
+    Returns:
+        The span. Never raises on a schema-valid trace: what cannot be read is left out and
+        listed in ``letta.convert.warnings``.
+    """
+    ctx = context or TraceContext()
+    try:
+        return _convert_trace(trace, ctx, options, resource)
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; say what happened
+        return _fallback_span(trace, resource, exc)
+
+
+def convert_run(
+    run: Run,
+    *,
+    agent: Agent | None = None,
+    first_start_ns: int | None = None,
+    last_end_ns: int | None = None,
+    step_count: int = 0,
+    options: ConvertOptions = _DEFAULT_OPTIONS,
+    resource: Resource,
+) -> ReadableSpan:
+    """The ``invoke_agent`` span of a run: the parent of its LLM spans.
+
+    Args:
+        run: the run.
+        agent: the agent, for its name (the span is named after it).
+        first_start_ns: the earliest start of the run's LLM spans; the span starts no later.
+        last_end_ns: the latest end of the run's LLM spans; the span ends no earlier.
+        step_count: how many steps the run had (``letta.run.step_count``).
+        options: the size limit and redaction apply here too.
+        resource: from :func:`build_resource`.
+
+    Returns:
+        The span (kind INTERNAL, status ERROR when the run failed). Never raises.
+    """
+    out = SpanAttributes(options.redactors, options.max_bytes)
+    cleaner = Cleaner(options.redactors)
+    agent_id = run.agent_id or (agent.id if agent else None)
+    agent_name = agent.name if agent else None
+    values = out.values
+    values[sc.GEN_AI_OPERATION_NAME] = sc.OP_INVOKE_AGENT
+    out.put_str(sc.GEN_AI_AGENT_ID, agent_id)
+    out.put_str(sc.GEN_AI_AGENT_NAME, agent_name)
+    out.put_str(sc.GEN_AI_CONVERSATION_ID, run.conversation_id)
+    if agent is not None:
+        _convert_agent(agent, out, cleaner, description=True)
+    values[sc.LETTA_RUN_ID] = run.id
+    out.put_str(sc.LETTA_AGENT_ID, agent_id)
+    out.put_str(sc.LETTA_RUN_STATUS, run.status)
+    out.put_str(sc.LETTA_RUN_STOP_REASON, run.stop_reason)
+    values[sc.LETTA_RUN_STEP_COUNT] = max(step_count, 0) if isinstance(step_count, int) else 0
+    if run.created_at is not None:
+        values[sc.LETTA_RUN_CREATED_AT] = run.created_at.isoformat()
+    if run.completed_at is not None:
+        values[sc.LETTA_RUN_COMPLETED_AT] = run.completed_at.isoformat()
+    out.put_bool("letta.run.background", run.background)
+    out.put_str("letta.run.base_template_id", run.base_template_id)
+    out.put_int("letta.run.ttft_ns", run.ttft_ns, where="run.ttft_ns")
+    out.put_int("letta.run.total_duration_ns", run.total_duration_ns, where="run.total_duration_ns")
+    out.flatten("letta.run.metadata", run.metadata, cleaner)
+    out.flatten("letta.run.request_config", run.request_config, cleaner)
+    out.flatten("letta.run.extra", run.model_extra, cleaner)
+
+    status = Status(StatusCode.UNSET)
+    if run.status == "failed":
+        message = _run_error_message(run)
+        values[sc.ERROR_TYPE] = _run_error_type(run, message)
+        status = Status(
+            StatusCode.ERROR, out.fit_text(scrub_url_userinfo(message)) if message else None
+        )
+
+    start, end = run_timing(run, first_start_ns, last_end_ns, out)
+    trace_id = trace_id_for_run(run.id)
+    name = (
+        f"{sc.OP_INVOKE_AGENT} {agent_name or agent_id}"
+        if (agent_name or agent_id)
+        else sc.OP_INVOKE_AGENT
+    )
+    return ReadableSpan(
+        name=name,
+        context=SpanContext(
+            trace_id, run_span_id_for(run.id), is_remote=False, trace_flags=_SAMPLED
+        ),
+        parent=None,
+        resource=resource,
+        attributes=out.finish(),
+        kind=SpanKind.INTERNAL,
+        status=status,
+        start_time=start,
+        end_time=end,
+        instrumentation_scope=SCOPE,
+    )
+
+
+# --- the LLM span ----------------------------------------------------------------------------
+def _as_dict(value: Any, where: str, out: SpanAttributes) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    out.warn(f"{where}: expected an object, got {type(value).__name__}")
+    return {}
+
+
+def _first_str(*values: Any) -> str | None:
+    for value in values:
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def _record_key(
+    trace: ProviderTrace, step_id: str | None, run_id: str | None, out: SpanAttributes
+) -> str:
+    if trace.id:
+        return trace.id
+    out.warn("id: missing; the span id is derived from step_id, call_type and created_at")
+    created = trace.created_at.isoformat() if trace.created_at else ""
+    return f"anonymous:{step_id}:{run_id}:{trace.call_type}:{created}"
+
+
+def _convert_trace(
+    trace: ProviderTrace, ctx: TraceContext, options: ConvertOptions, resource: Resource
+) -> ReadableSpan:
+    step, metrics, run, agent = ctx.step, ctx.metrics, ctx.run, ctx.agent
+    out = SpanAttributes(options.redactors, options.max_bytes)
+    cleaner = Cleaner(options.redactors)
+    values = out.values
+    request = _as_dict(trace.request_json, "request_json", out)
+    response = _as_dict(trace.response_json, "response_json", out)
+    llm_config = trace.llm_config if isinstance(trace.llm_config, dict) else {}
+
+    # Identity: which trace, which parent, which span id.
+    run_id = _first_str(
+        trace.run_id,
+        step.run_id if step else None,
+        metrics.run_id if metrics else None,
+        run.id if run else None,
+    )
+    step_id = _first_str(trace.step_id, step.id if step else None)
+    agent_id = _first_str(
+        trace.agent_id, step.agent_id if step else None, agent.id if agent else None
+    )
+    record_key = _record_key(trace, step_id, run_id, out)
+    span_id = span_id_for(record_key)
+    parent: SpanContext | None = None
+    links: tuple[Link, ...] = ()
+    if run_id:
+        trace_id = trace_id_for_run(run_id)
+        parent = SpanContext(
+            trace_id, run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED
+        )
+    else:
+        trace_id = trace_id_for_record(step_id or record_key)
+    letta_trace_id = (
+        parse_trace_id_hex(step.trace_id) if (options.join_letta_traces and step) else None
+    )
+    if letta_trace_id is not None:
+        if parent is not None:
+            links = (Link(parent, {sc.LETTA_LINK_KIND: "run"}),)
+            values[sc.LETTA_RUN_TRACE_ID] = f"{parent.trace_id:032x}"
+            values[sc.LETTA_RUN_SPAN_ID] = f"{parent.span_id:016x}"
+        trace_id, parent = letta_trace_id, None
+
+    # What API, which provider, where.
+    resp_shape = response_shape(response)
+    req_shape = request_shape(request, resp_shape)
+    endpoint = parse_endpoint(
+        _first_str(step.model_endpoint if step else None, llm_config.get("model_endpoint"))
+    )
+    provider = provider_name(
+        llm_config.get("model_endpoint_type"),
+        endpoint,
+        _first_str(llm_config.get("provider_name"), step.provider_name if step else None),
+        resp_shape if resp_shape in _PROVIDER_SHAPES else req_shape,
+    )
+    openai = provider == sc.PROVIDER_OPENAI
+    operation = sc.OP_GENERATE_CONTENT if Shape.GOOGLE in (req_shape, resp_shape) else sc.OP_CHAT
+    values[sc.GEN_AI_OPERATION_NAME] = operation
+    out.put_str(sc.GEN_AI_PROVIDER_NAME, provider)
+    facts = read_request(request, req_shape, out, openai=openai)
+    model = _first_str(facts.model, llm_config.get("model"), step.model if step else None)
+    out.put_str(sc.GEN_AI_REQUEST_MODEL, model)
+    if endpoint is not None:
+        values[sc.SERVER_ADDRESS] = endpoint.host
+        if endpoint.port is not None:
+            values[sc.SERVER_PORT] = endpoint.port
+    values[sc.LETTA_REQUEST_SHAPE] = req_shape.value
+    values[sc.LETTA_RESPONSE_SHAPE] = resp_shape.value
+    if facts.stream:
+        values[sc.GEN_AI_REQUEST_STREAM] = True
+        values[sc.LETTA_REQUEST_STREAM_SOURCE] = sc.SOURCE_REQUEST_JSON
+    elif resp_shape is Shape.LETTA_STREAM:
+        # request_json never says "stream" on Letta; only a streaming call leaves this shape.
+        values[sc.GEN_AI_REQUEST_STREAM] = True
+        values[sc.LETTA_REQUEST_STREAM_SOURCE] = sc.SOURCE_RESPONSE_SHAPE
+    if facts.tool_count is not None:
+        values[sc.LETTA_REQUEST_TOOL_COUNT] = facts.tool_count
+
+    # Response, usage, outcome.
+    usage = read_response(response, resp_shape, out, openai=openai)
+    usage_source = sc.SOURCE_RESPONSE_JSON
+    error = read_error(response)
+    if (
+        usage is None
+        and step is not None
+        and error is None
+        and trace.call_type in _STEP_USAGE_CALL_TYPES
+    ):
+        usage, usage_source = _step_usage(step), sc.SOURCE_STEP
+    if usage is not None and not usage.empty:
+        for field, attribute in _USAGE_ATTRIBUTES:
+            count = getattr(usage, field)
+            if count is not None:
+                values[attribute] = count
+        values[sc.LETTA_USAGE_SOURCE] = usage_source
+    status = Status(StatusCode.UNSET)
+    if error is not None:
+        values[sc.ERROR_TYPE] = error.error_type
+        status = _error_status(error.message, out)
+    elif step is not None and step.status == "failed":
+        values[sc.ERROR_TYPE] = step.error_type or sc.ERROR_TYPE_OTHER
+        status = _error_status(_step_error_message(step), out)
+
+    # Everything the records carry, under letta.*.
+    _convert_provider_trace(trace, out, cleaner, llm_config)
+    out.put_str(sc.LETTA_RUN_ID, run_id)
+    out.put_str(sc.LETTA_STEP_ID, step_id)
+    out.put_str(sc.LETTA_AGENT_ID, agent_id)
+    out.put_str(sc.GEN_AI_AGENT_ID, agent_id)
+    if step is not None:
+        _convert_step(step, out, cleaner)
+    if metrics is not None:
+        _convert_metrics(metrics, out)
+    if agent is not None:
+        _convert_agent(agent, out, cleaner, description=False)
+        out.put_str(sc.GEN_AI_AGENT_NAME, agent.name)
+        if sc.LETTA_AGENT_TAGS not in values and agent.tags is not None:
+            out.put_strs(sc.LETTA_AGENT_TAGS, agent.tags)
+    if run is not None:
+        out.put_str(sc.GEN_AI_CONVERSATION_ID, run.conversation_id)
+
+    timing = call_timing(trace, metrics, step, out)
+    values[sc.LETTA_DURATION_SOURCE] = timing.duration_source
+    values[sc.LETTA_TIMESTAMP_SOURCE] = timing.timestamp_source
+
+    add_content(request, response, req_shape, resp_shape, options, cleaner, out)
+    if cleaner.clipped:
+        out.warn("content: nesting deeper than the limit was replaced by a marker")
+
+    return ReadableSpan(
+        name=f"{operation} {model}" if model else operation,
+        context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
+        parent=parent,
+        resource=resource,
+        attributes=out.finish(),
+        links=links,
+        kind=SpanKind.CLIENT,
+        status=status,
+        start_time=timing.start_ns,
+        end_time=timing.end_ns,
+        instrumentation_scope=SCOPE,
+    )
+
+
+def _error_status(message: str | None, out: SpanAttributes) -> Status:
+    return Status(StatusCode.ERROR, out.fit_text(scrub_url_userinfo(message)) if message else None)
+
+
+def _step_usage(step: Step) -> Usage:
+    return Usage(
+        input_tokens=step.prompt_tokens if _non_negative(step.prompt_tokens) else None,
+        output_tokens=step.completion_tokens if _non_negative(step.completion_tokens) else None,
+        cache_read_tokens=step.cached_input_tokens
+        if _non_negative(step.cached_input_tokens)
+        else None,
+        cache_creation_tokens=step.cache_write_tokens
+        if _non_negative(step.cache_write_tokens)
+        else None,
+        reasoning_tokens=step.reasoning_tokens if _non_negative(step.reasoning_tokens) else None,
+    )
+
+
+def _non_negative(value: int | None) -> bool:
+    return isinstance(value, int) and 0 <= value < 2**63
+
+
+def _step_error_message(step: Step) -> str | None:
+    message = step.error_data.get("message") if isinstance(step.error_data, dict) else None
+    return message if isinstance(message, str) and message else None
+
+
+def _convert_provider_trace(
+    trace: ProviderTrace, out: SpanAttributes, cleaner: Cleaner, llm_config: dict[str, Any]
+) -> None:
+    values = out.values
+    out.put_str(sc.LETTA_PROVIDER_TRACE_ID, trace.id)
+    out.put_str(sc.LETTA_CALL_TYPE, trace.call_type)
+    out.put_str(sc.LETTA_SOURCE, trace.source)
+    out.put_str(sc.LETTA_ORG_ID, trace.org_id)
+    out.put_str(sc.LETTA_USER_ID, trace.user_id)
+    out.put_str(sc.LETTA_CREATED_BY_ID, trace.created_by_id)
+    out.put_str(sc.LETTA_LAST_UPDATED_BY_ID, trace.last_updated_by_id)
+    if trace.agent_tags is not None:
+        out.put_strs(sc.LETTA_AGENT_TAGS, trace.agent_tags, where="agent_tags")
+    if trace.latency_ms is not None:
+        if -(2**63) <= trace.latency_ms < 2**63:
+            values[sc.LETTA_LATENCY_MS] = trace.latency_ms
+        else:
+            out.warn("latency_ms: outside the int64 range")
+    if trace.created_at is not None:
+        values[sc.LETTA_PROVIDER_TRACE_CREATED_AT] = trace.created_at.isoformat()
+    if trace.updated_at is not None:
+        values[sc.LETTA_PROVIDER_TRACE_UPDATED_AT] = trace.updated_at.isoformat()
+    billing = trace.billing_context
+    if billing is not None:
+        out.put_str(f"{sc.LETTA_BILLING_PREFIX}.plan_type", billing.plan_type)
+        out.put_str(f"{sc.LETTA_BILLING_PREFIX}.cost_source", billing.cost_source)
+        out.put_str(f"{sc.LETTA_BILLING_PREFIX}.customer_id", billing.customer_id)
+        out.flatten(sc.LETTA_BILLING_PREFIX, billing.model_extra, cleaner)
+    if trace.llm_config is not None and not isinstance(trace.llm_config, dict):
+        out.warn("llm_config: expected an object")
+    out.flatten(sc.LETTA_LLM_CONFIG_PREFIX, llm_config, cleaner)
+    out.flatten(sc.LETTA_COMPACTION_PREFIX, trace.compaction_settings, cleaner)
+    out.flatten(sc.LETTA_EXTRA_PREFIX, trace.model_extra, cleaner)
+
+
+def _convert_step(step: Step, out: SpanAttributes, cleaner: Cleaner) -> None:
+    # Step.messages (deprecated, prompt content) and error_data.traceback are deliberately left out.
+    for field, attribute in _STEP_STRINGS:
+        out.put_str(attribute, getattr(step, field))
+    for field, attribute in _STEP_INTS:
+        out.put_int(attribute, getattr(step, field), where=f"step.{field}")
+    if step.tags is not None:
+        out.put_strs("letta.step.tags", step.tags)
+    out.flatten("letta.step.prompt_tokens_details", step.prompt_tokens_details, cleaner)
+    out.flatten("letta.step.completion_tokens_details", step.completion_tokens_details, cleaner)
+    out.put_str(sc.LETTA_STEP_ERROR_MESSAGE, _step_error_message(step))
+
+
+def _convert_metrics(metrics: StepMetrics, out: SpanAttributes) -> None:
+    for field, attribute in _METRICS_INTS:
+        out.put_int(attribute, getattr(metrics, field), where=f"metrics.{field}")
+    for field, attribute in _METRICS_STRINGS:
+        if attribute not in out.values:
+            out.put_str(attribute, getattr(metrics, field))
+
+
+def _convert_agent(
+    agent: Agent, out: SpanAttributes, cleaner: Cleaner, *, description: bool
+) -> None:
+    out.put_str(sc.LETTA_AGENT_NAME, agent.name)
+    out.put_str(sc.LETTA_AGENT_TYPE, agent.agent_type)
+    out.put_str(sc.LETTA_AGENT_PROJECT_ID, agent.project_id)
+    if agent.tags is not None:
+        out.put_strs(sc.LETTA_AGENT_TAGS, agent.tags)
+    extra = agent.model_extra or {}
+    if description:
+        # The invoke_agent span describes the agent: its description and model, when known.
+        out.put_str(sc.GEN_AI_AGENT_DESCRIPTION, extra.get("description"))
+        config = extra.get("llm_config")
+        if isinstance(config, dict):
+            endpoint = parse_endpoint(_first_str(config.get("model_endpoint")))
+            out.put_str(
+                sc.GEN_AI_PROVIDER_NAME,
+                provider_name(
+                    config.get("model_endpoint_type"),
+                    endpoint,
+                    config.get("provider_name"),
+                    Shape.UNKNOWN,
+                ),
+            )
+            out.put_str(sc.GEN_AI_REQUEST_MODEL, config.get("model"))
+
+
+# --- the run span's error --------------------------------------------------------------------
+def _run_error_message(run: Run) -> str | None:
+    error = run.metadata.get("error") if isinstance(run.metadata, dict) else None
+    if isinstance(error, str) and error:
+        return error
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return error["message"]
+    return None
+
+
+def _run_error_type(run: Run, message: str | None) -> str:
+    # Letta prefixes run errors with an upper-case code ("RATE_LIMIT_EXCEEDED: ..."): a good type.
+    if message:
+        code, sep, _ = message.partition(":")
+        if sep and code and code.replace("_", "").isalnum() and code.isupper():
+            return code
+    if run.stop_reason and run.stop_reason != "end_turn":
+        return run.stop_reason
+    return sc.ERROR_TYPE_OTHER
+
+
+# --- last resort -----------------------------------------------------------------------------
+def _fallback_span(trace: ProviderTrace, resource: Resource, exc: Exception) -> ReadableSpan:
+    """A minimal span when the conversion itself failed (a bug): ids, times, and the reason."""
+    record = trace.id if isinstance(trace.id, str) and trace.id else "anonymous"
+    run_id = trace.run_id if isinstance(trace.run_id, str) and trace.run_id else None
+    trace_id = trace_id_for_run(run_id) if run_id else trace_id_for_record(record)
+    parent = (
+        SpanContext(trace_id, run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED)
+        if run_id
+        else None
+    )
+    try:
+        when = datetime_to_ns(trace.created_at) or 0
+    except (TypeError, AttributeError, OverflowError):
+        when = 0
+    attributes: dict[str, Any] = {
+        sc.GEN_AI_OPERATION_NAME: sc.OP_CHAT,
+        sc.LETTA_PROVIDER_TRACE_ID: record,
+        sc.LETTA_CONVERT_WARNINGS: (f"internal error converting this trace: {type(exc).__name__}",),
+    }
+    if run_id:
+        attributes[sc.LETTA_RUN_ID] = run_id
+    return ReadableSpan(
+        name=sc.OP_CHAT,
+        context=SpanContext(trace_id, span_id_for(record), is_remote=False, trace_flags=_SAMPLED),
+        parent=parent,
+        resource=resource,
+        attributes=attributes,
+        kind=SpanKind.CLIENT,
+        start_time=when,
+        end_time=when,
+        instrumentation_scope=SCOPE,
+    )
