@@ -1,0 +1,264 @@
+"""The Letta client: the records the exporter reads, over one pooled, retrying httpx client."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from functools import partial
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Literal, TypeVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict
+
+from .. import __version__
+from ..models import (
+    Agent,
+    ProviderTrace,
+    Run,
+    RunMetrics,
+    Step,
+    StepMetrics,
+    parse_record,
+    parse_trace_body,
+)
+from ._discovery import Discovery, DiscoveryMode
+from ._http import Requester, safe_url
+from ._retry import RetryPolicy, SourceStats
+from ._types import DiscoveredStep, StepFilter
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["USER_AGENT", "LettaClient"]
+
+_logger = logging.getLogger(__name__)
+
+USER_AGENT: Final = f"letta-otel-exporter/{__version__}"
+#: Agents remembered by :meth:`LettaClient.get_agent` (their names rarely change).
+_AGENT_CACHE_SIZE: Final = 1024
+_HEALTH_PATH: Final = "/v1/health/"
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class _Health(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    version: str | None = None
+    status: str | None = None
+
+
+class LettaClient:
+    """Reads steps, runs, agents and provider traces from a Letta server.
+
+    Every request goes through one semaphore (``concurrency`` in flight at most) and one retry
+    policy; failures surface as :class:`~exporter.errors.SourceError` subclasses whose messages
+    name the URL and status, never the API key.
+
+    Args:
+        http: the httpx client to use (base URL, auth headers, timeouts, pool). The
+            ``LettaClient`` owns it from now on and closes it in :meth:`aclose`.
+        retry: how failed calls are retried.
+        concurrency: requests in flight at most.
+        page_size: records asked per list page.
+        discovery: how steps are found: ``auto`` probes the server once.
+        stop: set on shutdown; it interrupts retry waits.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so sharing it is safe
+        concurrency: int = 8,
+        page_size: int = 50,
+        discovery: Literal["auto", "steps", "runs"] = "auto",
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self._http = http
+        self._requester = Requester(http, retry=retry, concurrency=concurrency, stop=stop)
+        self._discovery = Discovery(self._requester, page_size=page_size, mode=discovery)
+        self._agents: OrderedDict[str, Agent | None] = OrderedDict()
+        self._agent_loads: dict[str, asyncio.Future[Agent | None]] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, stop: asyncio.Event | None = None) -> LettaClient:
+        """Build the client and its httpx pool from the settings.
+
+        Sends ``Authorization: Bearer <key>`` only when a key is set, ``X-Project-Id`` and the
+        ``user_id`` header when set, a ``User-Agent`` naming this exporter, and keeps up to
+        ``concurrency`` connections alive for reuse.
+        """
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if settings.letta_api_key is not None:
+            headers["Authorization"] = f"Bearer {settings.letta_api_key.get_secret_value()}"
+        if settings.project_id:
+            headers["X-Project-Id"] = settings.project_id
+        if settings.letta_user_id:
+            headers["user_id"] = settings.letta_user_id
+        http = httpx.AsyncClient(
+            base_url=settings.letta_base_url,
+            headers=headers,
+            timeout=httpx.Timeout(settings.request_timeout_seconds),
+            limits=httpx.Limits(
+                max_connections=settings.concurrency,
+                max_keepalive_connections=settings.concurrency,
+            ),
+        )
+        return cls(
+            http,
+            retry=RetryPolicy(
+                max_retries=settings.max_retries,
+                initial_backoff=settings.retry_backoff_initial_seconds,
+                max_backoff=settings.retry_backoff_max_seconds,
+            ),
+            concurrency=settings.concurrency,
+            page_size=settings.page_size,
+            discovery=settings.discovery,
+            stop=stop,
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def stats(self) -> SourceStats:
+        """Live request counters (requests, retries, failures, ...) for metrics."""
+        return self._requester.stats
+
+    @property
+    def base_url(self) -> str:
+        """The Letta base URL, safe to print."""
+        return safe_url(self._http.base_url)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> LettaClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ discovery
+    async def discovery_mode(self) -> DiscoveryMode:
+        """``steps`` or ``runs``: probes ``GET /v1/steps/`` once (unless forced) and logs why."""
+        return await self._discovery.mode()
+
+    def discover(
+        self, filt: StepFilter, *, resume: str | None = None
+    ) -> AsyncIterator[DiscoveredStep]:
+        """Every step matching ``filt``, oldest first, lazily.
+
+        Args:
+            filt: which steps.
+            resume: a position from an earlier :class:`DiscoveredStep`; start right after it.
+
+        Raises:
+            SourceError: Letta failed after retries, or ``resume`` is not a position.
+        """
+        return self._discovery.discover(filt, resume=resume)
+
+    def list_run_steps(self, run_id: str, *, after: str | None = None) -> AsyncIterator[Step]:
+        """A run's steps, oldest first, after step ``after`` when given."""
+        return self._discovery.list_run_steps(run_id, after=after)
+
+    def list_runs(self, filt: StepFilter) -> AsyncIterator[Run]:
+        """Runs of the filter's agents created in its time window, oldest first."""
+        return self._discovery.list_runs(filt)
+
+    # ------------------------------------------------------------------ records
+    async def get_trace(self, step_id: str) -> ProviderTrace | None:
+        """The step's provider trace; ``None`` when Letta has none (yet): it answers 200 ``null``.
+
+        Raises:
+            RecordInvalidError: the trace does not match the ProviderTrace schema.
+            SourceResponseError: the body is not JSON.
+        """
+        return await self._requester.get_parsed(f"/v1/steps/{step_id}/trace", parse_trace_body)
+
+    async def get_step(self, step_id: str) -> Step:
+        """One step (a 404 is an error: the caller knows the step exists)."""
+        return await self._get_record(f"/v1/steps/{step_id}", Step)
+
+    async def get_step_metrics(self, step_id: str) -> StepMetrics | None:
+        """The step's timings; ``None`` when Letta has none (404)."""
+        return await self._requester.get_parsed(
+            f"/v1/steps/{step_id}/metrics", _parser(StepMetrics), missing_ok=True
+        )
+
+    async def get_run(self, run_id: str) -> Run:
+        """One run (a 404 is an error)."""
+        return await self._get_record(f"/v1/runs/{run_id}", Run)
+
+    async def get_run_metrics(self, run_id: str) -> RunMetrics | None:
+        """The run's timings; ``None`` when Letta has none (404)."""
+        return await self._requester.get_parsed(
+            f"/v1/runs/{run_id}/metrics", _parser(RunMetrics), missing_ok=True
+        )
+
+    async def get_agent(self, agent_id: str) -> Agent | None:
+        """The agent (for its name and tags), cached; ``None`` when it does not exist (404).
+
+        Concurrent calls for one id share a single request.
+        """
+        if agent_id in self._agents:
+            self._agents.move_to_end(agent_id)
+            return self._agents[agent_id]
+        if (loading := self._agent_loads.get(agent_id)) is not None:
+            return await asyncio.shield(loading)
+        future: asyncio.Future[Agent | None] = asyncio.get_running_loop().create_future()
+        self._agent_loads[agent_id] = future
+        try:
+            agent = await self._requester.get_parsed(
+                f"/v1/agents/{agent_id}", _parser(Agent), missing_ok=True
+            )
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # mark retrieved: waiters may be none
+            raise
+        finally:
+            del self._agent_loads[agent_id]
+        future.set_result(agent)
+        self._agents[agent_id] = agent
+        while len(self._agents) > _AGENT_CACHE_SIZE:
+            self._agents.popitem(last=False)
+        return agent
+
+    async def check(self) -> str:
+        """Ask Letta whether it is there and the key works; say what was found, in one line.
+
+        Raises:
+            SourceHTTPError: an error status (401: the API key was refused, or is needed).
+            SourceConnectionError: Letta cannot be reached.
+        """
+        health = await self._requester.get_parsed(_HEALTH_PATH, _parser(_Health), missing_ok=True)
+        version = health.version if health is not None and health.version else "(version unknown)"
+        mode = await self.discovery_mode()
+        # The health route is open even on a secured server: make one authenticated call too.
+        # In auto mode the probe already was one (when it worked) unless it fell back to runs.
+        if mode == "runs":
+            await self._requester.get("/v1/runs/", {"limit": 1, "order": "asc"})
+        elif self._discovery.reason == "set by the discovery setting":
+            await self._requester.get("/v1/steps/", {"limit": 1, "order": "asc"})
+        return (
+            f"Letta {version} at {self.base_url} is reachable; "
+            f"step discovery: {mode} ({self._discovery.reason})"
+        )
+
+    async def _get_record(self, path: str, model: type[M]) -> M:
+        record = await self._requester.get_parsed(path, _parser(model))
+        assert record is not None  # get_parsed answers None only with missing_ok
+        return record
+
+
+def _parser(model: type[M]) -> Callable[[bytes], M]:
+    """``parse_record`` bound to a model: parses the body bytes straight into it."""
+    return partial(parse_record, model)

@@ -1,0 +1,220 @@
+"""The file source: ProviderTraces saved as JSON or JSON lines (``-`` reads stdin).
+
+Accepted shapes, detected from the content (not the file name):
+
+* one JSON object, or a JSON array of them (read whole: a JSON document cannot be streamed);
+* JSON lines, one record per line, blank lines ignored (streamed: one line in memory at a time).
+
+Each record is a ProviderTrace as ``GET /v1/steps/{id}/trace`` returns it, or a recorded fixture
+``{"step": ..., "trace": ..., "metrics": ...}`` whose ``trace`` is used. A fixture whose trace
+is ``null`` (Letta wrote none) yields nothing; such records are counted and logged, not hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Annotated, BinaryIO, Final
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from ..errors import RecordInvalidError, SourceError
+from ..models import ProviderTrace, parse_record
+
+__all__ = ["TraceFileReader", "read_trace_file"]
+
+_logger = logging.getLogger(__name__)
+
+_BOM: Final = b"\xef\xbb\xbf"
+_STDIN: Final = "-"
+
+
+class _Recorded(BaseModel):
+    """A recorded fixture: the step, its trace (possibly null) and its metrics."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    trace: ProviderTrace | None
+
+
+# A plain trace is tried first: it is the common case and the cheaper miss.
+_Entry = Annotated[ProviderTrace | _Recorded, Field(union_mode="left_to_right")]
+_ENTRY: Final[TypeAdapter[ProviderTrace | _Recorded]] = TypeAdapter(_Entry)
+_ENTRIES: Final[TypeAdapter[list[ProviderTrace | _Recorded]]] = TypeAdapter(list[_Entry])
+
+
+def read_trace_file(path: Path | str) -> TraceFileReader:
+    """Read ProviderTraces from a JSON or JSON lines file, or stdin for ``-``.
+
+    Args:
+        path: the file, or ``-`` for standard input.
+
+    Returns:
+        An iterator of the traces, in file order. It also counts what it read
+        (``records``, ``null_traces``).
+
+    Raises:
+        SourceError: the file cannot be opened (raised here, before iterating).
+        RecordInvalidError: (while iterating) a record is not valid JSON or not a
+            ProviderTrace; the message names the line (JSON lines) or item (array).
+    """
+    return TraceFileReader(path)
+
+
+class TraceFileReader(Iterator[ProviderTrace]):
+    """Iterates over the traces of one file; see :func:`read_trace_file`.
+
+    Attributes:
+        name: the file name (``<stdin>`` for ``-``).
+        records: records read so far (with or without a trace).
+        null_traces: recorded fixtures whose trace was ``null``, skipped.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.name = "<stdin>" if str(path) == _STDIN else str(path)
+        self.records = 0
+        self.null_traces = 0
+        self._owned = str(path) != _STDIN
+        if self._owned:
+            try:
+                self._stream: BinaryIO = Path(path).open("rb")  # noqa: SIM115 - closed by close()
+            except OSError as exc:
+                raise SourceError(f"cannot read {self.name}: {exc.strerror or exc}") from exc
+        else:
+            self._stream = sys.stdin.buffer
+        self._traces = self._read()
+
+    def __iter__(self) -> TraceFileReader:
+        return self
+
+    def __next__(self) -> ProviderTrace:
+        return next(self._traces)
+
+    def close(self) -> None:
+        """Close the file (not stdin); iterating to the end does it too."""
+        self._traces.close()
+        if self._owned:
+            self._stream.close()
+
+    def __enter__(self) -> TraceFileReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------
+    def _read(self) -> Generator[ProviderTrace, None, None]:
+        try:
+            yield from self._read_stream()
+        finally:
+            if self._owned:
+                self._stream.close()
+        if self.null_traces:
+            _logger.info(
+                "%s: %d of %d records had no trace (null) and were skipped",
+                self.name,
+                self.null_traces,
+                self.records,
+            )
+
+    def _read_stream(self) -> Iterator[ProviderTrace]:
+        lines = iter(self._stream)
+        number = 0
+        first = b""
+        for line in lines:
+            number += 1
+            if number == 1 and line.startswith(_BOM):
+                line = line[len(_BOM) :]
+            if line.strip():
+                first = line
+                break
+        if not first:
+            return
+        if first.lstrip().startswith(b"["):
+            yield from self._document(first + self._stream.read())
+            return
+        try:
+            entry = _ENTRY.validate_json(first)
+        except ValidationError as exc:
+            if exc.errors(include_url=False)[0].get("type") != "json_invalid":
+                raise _explain(first, f"line {number} of {self.name}") from exc
+            # Not one complete JSON value on the line: a pretty-printed document.
+            yield from self._document(first + self._stream.read())
+            return
+        yield from self._take(entry)
+        for line in lines:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                entry = _ENTRY.validate_json(line)
+            except ValidationError as exc:
+                raise _explain(line, f"line {number} of {self.name}") from exc
+            yield from self._take(entry)
+
+    def _document(self, raw: bytes) -> Iterator[ProviderTrace]:
+        if raw.lstrip().startswith(b"["):
+            try:
+                entries = _ENTRIES.validate_json(raw)
+            except ValidationError as exc:
+                raise self._explain_item(raw, exc) from exc
+            for entry in entries:
+                yield from self._take(entry)
+            return
+        try:
+            entry = _ENTRY.validate_json(raw)
+        except ValidationError as exc:
+            raise _explain(raw, self.name) from exc
+        yield from self._take(entry)
+
+    def _take(self, entry: ProviderTrace | _Recorded) -> Iterator[ProviderTrace]:
+        self.records += 1
+        if isinstance(entry, ProviderTrace):
+            yield entry
+        elif entry.trace is not None:
+            yield entry.trace
+        else:
+            self.null_traces += 1
+            _logger.debug("%s: record %d has a null trace, skipped", self.name, self.records)
+
+    def _explain_item(self, raw: bytes, exc: ValidationError) -> RecordInvalidError:
+        loc = exc.errors(include_url=False)[0].get("loc", ())
+        if loc and isinstance(loc[0], int):
+            try:
+                item = json.loads(raw)[loc[0]]
+            except (ValueError, IndexError, TypeError):
+                pass
+            else:
+                return _explain(json.dumps(item).encode(), f"item {loc[0] + 1} of {self.name}")
+        return _explain(raw, self.name)
+
+
+def _explain(raw: bytes, where: str) -> RecordInvalidError:
+    """Say why a record failed (error path only: parsing it again is fine here)."""
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        return RecordInvalidError("ProviderTrace", None, None, f"not valid JSON ({exc}) in {where}")
+    prefix = ""
+    if isinstance(data, dict) and "trace" in data and "request_json" not in data:
+        # A recorded fixture: the trace inside it is what failed.
+        prefix, raw = "trace.", json.dumps(data["trace"]).encode()
+    elif not isinstance(data, dict):
+        return RecordInvalidError(
+            "ProviderTrace", None, None, f"expected an object, got {type(data).__name__} in {where}"
+        )
+    try:
+        parse_record(ProviderTrace, raw)
+    except RecordInvalidError as inner:
+        field = f"{prefix}{inner.field}" if inner.field else (prefix.rstrip(".") or None)
+        return RecordInvalidError(inner.kind, inner.record_id, field, f"{inner.message} in {where}")
+    return RecordInvalidError("ProviderTrace", None, None, f"unreadable record in {where}")

@@ -1,0 +1,232 @@
+"""One GET against Letta: bounded concurrency, retries, and errors that name the URL, never a key.
+
+Every Letta call of the source goes through :class:`Requester`, so the semaphore, the retry
+policy, the counters and the translation of httpx errors into the exporter's error tree live in
+one place (as httpx maps httpcore errors at its transport seam).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Final, TypeVar
+
+import httpx
+
+from ..errors import RecordInvalidError, SourceConnectionError, SourceHTTPError, SourceResponseError
+from ._retry import RetryPolicy, SourceStats, is_retryable, parse_retry_after
+
+__all__ = ["Params", "Requester", "safe_url"]
+
+_logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Params = Mapping[str, str | int | Sequence[str]]
+
+#: Longest excerpt of an error body put in an exception message.
+_DETAIL_MAX: Final = 200
+#: Retry warnings are logged at most this often (seconds); the rest go to DEBUG.
+_RETRY_LOG_INTERVAL: Final = 30.0
+_AUTH_STATUSES: Final = frozenset({401, 403})
+
+
+def safe_url(url: httpx.URL) -> str:
+    """The URL as it may appear in a message or a log: without any user:password part."""
+    return str(url.copy_with(userinfo=b"")) if url.userinfo else str(url)
+
+
+def _bearer_secrets(http: httpx.AsyncClient) -> tuple[str, ...]:
+    # The key is only in the client's headers; remember it to scrub it from any server echo.
+    value = http.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    secrets = [s for s in (value, token if scheme.lower() == "bearer" else "") if len(s) >= 4]
+    if http.base_url.password:
+        secrets.append(http.base_url.password)
+    return tuple(sorted(set(secrets), key=len, reverse=True))
+
+
+class Requester:
+    """Sends GETs to Letta with a concurrency bound and the retry policy.
+
+    Args:
+        http: the client (base URL, headers, timeouts and connection pool set by its maker).
+        retry: when and how long to retry.
+        concurrency: requests in flight at most.
+        stop: set on shutdown; it interrupts a backoff wait (the call then fails at once).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        retry: RetryPolicy,
+        concurrency: int,
+        stop: asyncio.Event | None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.http = http
+        self.retry = retry
+        self.stats = SourceStats()
+        self._semaphore = asyncio.Semaphore(concurrency)
+        self._stop = stop if stop is not None else asyncio.Event()
+        self._secrets = _bearer_secrets(http)
+        self._has_key = bool(self._secrets) and "authorization" in http.headers
+        self._last_retry_warning = -_RETRY_LOG_INTERVAL
+
+    def scrub(self, text: str) -> str:
+        """``text`` with the API key (should a server ever echo it) blanked out."""
+        for secret in self._secrets:
+            text = text.replace(secret, "[secure]")
+        return text
+
+    def url_for(self, path: str, params: Params | None = None) -> str:
+        """The full URL of a request, safe for messages."""
+        return safe_url(self.http.build_request("GET", path, params=params).url)
+
+    async def get(
+        self, path: str, params: Params | None = None, *, missing_ok: bool = False
+    ) -> bytes | None:
+        """GET ``path`` and return the body of a 2xx answer.
+
+        Connection errors, timeouts, 429 and 5xx are retried per the policy; other statuses
+        fail at once.
+
+        Args:
+            path: the route, e.g. ``/v1/steps/``.
+            params: query parameters (a sequence value repeats the key).
+            missing_ok: answer ``None`` for a 404 instead of raising.
+
+        Raises:
+            SourceHTTPError: an error status, after any retries; the message names the URL and
+                the status (and, for 401/403, says the API key was refused or missing).
+            SourceConnectionError: Letta could not be reached, after retries.
+        """
+        retries = 0
+        while True:
+            request = self.http.build_request("GET", path, params=params)
+            url = safe_url(request.url)
+            error: SourceHTTPError | SourceConnectionError
+            retry_after: float | None = None
+            try:
+                response = await self._send(request)
+            except httpx.UnsupportedProtocol as exc:
+                self.stats.failures += 1
+                raise SourceConnectionError(url, self.scrub(str(exc))) from exc
+            except (httpx.TimeoutException, httpx.TransportError) as exc:
+                reason = type(exc).__name__
+                if text := self.scrub(str(exc)).strip():
+                    reason = f"{reason}: {text}"
+                error = SourceConnectionError(url, reason, attempts=retries + 1)
+                cause: BaseException = exc
+            else:
+                status = response.status_code
+                if 200 <= status < 300:
+                    return response.content
+                if status == 404 and missing_ok:
+                    return None
+                error = SourceHTTPError(
+                    url, status, detail=self._detail(response), attempts=retries + 1
+                )
+                cause = error
+                if not is_retryable(status):
+                    self.stats.failures += 1
+                    raise error
+                retry_after = parse_retry_after(response.headers.get("retry-after"))
+            if retries >= self.retry.max_retries:
+                self.stats.failures += 1
+                raise error from (None if cause is error else cause)
+            delay = self.retry.backoff(retries, retry_after=retry_after)
+            retries += 1
+            self.stats.retries += 1
+            self._log_retry(error, retries, delay)
+            if await self._stopped_during(delay):
+                self.stats.failures += 1
+                raise error from (None if cause is error else cause)
+
+    async def get_parsed(
+        self,
+        path: str,
+        parse: Callable[[bytes], T],
+        params: Params | None = None,
+        *,
+        missing_ok: bool = False,
+    ) -> T | None:
+        """GET and parse the body; ``None`` only for a 404 with ``missing_ok``.
+
+        Raises:
+            SourceResponseError: the body is not JSON, or not the shape the route returns.
+            RecordInvalidError: a record in the body has a field of the wrong type (the error
+                names the record and the field).
+            SourceHTTPError, SourceConnectionError: as :meth:`get`.
+        """
+        raw = await self.get(path, params, missing_ok=missing_ok)
+        if raw is None:
+            return None
+        try:
+            return parse(raw)
+        except RecordInvalidError as exc:
+            if exc.record_id is None and exc.field is None:
+                # The body as a whole is unreadable (not JSON, or not a list/object): that is
+                # the server's answer being wrong, not one bad record.
+                raise SourceResponseError(
+                    self.url_for(path, params), f"{exc.kind}: {exc.message}"
+                ) from exc
+            raise
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        async with self._semaphore:
+            stats = self.stats
+            stats.requests += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            try:
+                return await self.http.send(request)
+            finally:
+                stats.in_flight -= 1
+
+    async def _stopped_during(self, delay: float) -> bool:
+        """Wait ``delay`` seconds unless shutdown is requested first; True when it was."""
+        if self._stop.is_set():
+            return True
+        started = time.monotonic()
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=delay)
+        except TimeoutError:
+            return False
+        finally:
+            self.stats.backoff_seconds += time.monotonic() - started
+        return True
+
+    def _detail(self, response: httpx.Response) -> str | None:
+        if response.status_code in _AUTH_STATUSES:
+            if self._has_key:
+                return "the API key was refused (check LETTA_API_KEY)"
+            return "Letta wants an API key (set LETTA_API_KEY)"
+        text = response.text.strip()
+        if not text:
+            return None
+        try:
+            body = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            if isinstance(body, dict) and "detail" in body:
+                detail = body["detail"]
+                text = detail if isinstance(detail, str) else json.dumps(detail)
+        text = " ".join(self.scrub(text).split())
+        return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
+
+    def _log_retry(self, error: Exception, retry: int, delay: float) -> None:
+        now = time.monotonic()
+        level = logging.DEBUG
+        if now - self._last_retry_warning >= _RETRY_LOG_INTERVAL:
+            self._last_retry_warning = now
+            level = logging.WARNING
+        _logger.log(
+            level, "%s; retry %d of %d in %.2fs", error, retry, self.retry.max_retries, delay
+        )

@@ -1,0 +1,44 @@
+"""The small value types of the source: what to discover, and what discovery yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..models import Step
+
+__all__ = ["DiscoveredStep", "StepFilter"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepFilter:
+    """Which steps to discover.
+
+    Args:
+        since: only steps created after this time (strictly). In runs discovery (steps carry no
+            timestamps there) it applies to the run's ``created_at``.
+        until: only steps created before this time (strictly); in runs discovery, runs.
+        agent_ids: only these agents (empty: all).
+        model: only steps of this model (``Step.model``).
+        project_id: only steps of this project.
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+    agent_ids: tuple[str, ...] = ()
+    model: str | None = None
+    project_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredStep:
+    """A step found by discovery, with where to resume after it.
+
+    Args:
+        step: the step as the list endpoint returned it.
+        position: an opaque token; ``discover(filt, resume=position)`` continues right after
+            this step. Store it as is (it is a short ASCII string).
+    """
+
+    step: Step
+    position: str
