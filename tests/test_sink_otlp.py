@@ -170,9 +170,17 @@ def test_headers_arrive(make_exporter: Factory, receiver: OtlpReceiver) -> None:
     assert request.headers["user-agent"].startswith("letta-otel-exporter/")
 
 
-def test_empty_batch_sends_nothing(make_exporter: Factory, receiver: OtlpReceiver) -> None:
-    assert make_exporter().deliver([]) == Delivery(delivered=True)
-    assert receiver.request_count == 0
+def test_empty_batch_is_a_connectivity_probe(
+    make_exporter: Factory, receiver: OtlpReceiver
+) -> None:
+    exporter = make_exporter()
+
+    assert exporter.deliver([]) == Delivery(delivered=True)
+    (request,) = receiver.requests()
+    assert (request.span_count, request.outcome) == (0, "ok")
+    receiver.stop()
+    assert not exporter.deliver([]).delivered
+    assert exporter.stats.exported_spans == 0
 
 
 # --- partial success -----------------------------------------------------------------------------

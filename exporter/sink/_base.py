@@ -163,6 +163,9 @@ class DeliveringExporter(SpanExporter):
         clock: monotonic clock for the log rate limit (tests pass a fake).
     """
 
+    #: Whether an empty batch is sent (a connectivity probe) rather than skipped.
+    _probe_when_empty: bool = False
+
     def __init__(
         self,
         *,
@@ -200,13 +203,17 @@ class DeliveringExporter(SpanExporter):
         Never raises and never retries: a failure comes back as ``delivered=False`` with
         ``permanent`` telling whether sending it again can help.
 
+        An empty batch is a connectivity probe for the network exporters (an empty OTLP
+        request, which receivers accept; the ``check`` command uses it) and a no-op for the
+        file and console.
+
         Args:
             spans: the batch, with explicit ids and times (built by the worker).
 
         Returns:
             The outcome; ``message`` never contains header values.
         """
-        if not spans:
+        if not spans and not self._probe_when_empty:
             return Delivery(delivered=True)
         if self._shut_down:
             # Not permanent: the batch itself is fine, another exporter can deliver it.

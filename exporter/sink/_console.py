@@ -10,7 +10,6 @@ from typing import Final, TextIO
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
-from opentelemetry.util.types import AttributeValue
 
 from ._base import DEFAULT_LOG_INTERVAL, DeliveringExporter, Delivery
 
@@ -28,10 +27,10 @@ _KEY_ATTRIBUTES: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
 )
 
 
-def _text(value: AttributeValue) -> str:
-    if isinstance(value, str | bool | int | float):
-        return str(value)
-    return ",".join(str(item) for item in value)
+def _text(value: object) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
 
 
 def format_span(span: ReadableSpan) -> str:
@@ -53,19 +52,21 @@ def format_span(span: ReadableSpan) -> str:
         if context is not None
         else "trace=- span=-"
     )
-    parts = [when, duration, ids, span.name]
     attributes = span.attributes or {}
+    shown = []
     for label, names in _KEY_ATTRIBUTES:
         for name in names:
             if name in attributes:
-                parts.append(f"{label}={_text(attributes[name])}")
+                shown.append(f"{label}={_text(attributes[name])}")
                 break
     status = span.status
     if status.status_code is StatusCode.ERROR:
-        parts.append(f"status=ERROR{': ' + status.description if status.description else ''}")
+        state = f"status=ERROR{': ' + status.description if status.description else ''}"
     else:
-        parts.append(f"status={status.status_code.name}")
-    return "  ".join(parts)
+        state = f"status={status.status_code.name}"
+    return "  ".join(
+        part for part in (when, duration, ids, span.name, " ".join(shown), state) if part
+    )
 
 
 class ConsoleExporter(DeliveringExporter):

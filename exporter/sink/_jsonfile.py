@@ -94,7 +94,9 @@ def otlp_json_to_request(line: str | bytes) -> ExportTraceServiceRequest:
     if not isinstance(data, dict):
         raise ValueError("an OTLP JSON line must be an object with resourceSpans")
     _convert_ids(data, _hex_to_b64)
-    return json_format.ParseDict(data, ExportTraceServiceRequest(), ignore_unknown_fields=True)
+    request = ExportTraceServiceRequest()
+    json_format.ParseDict(data, request, ignore_unknown_fields=True)
+    return request
 
 
 class OtlpJsonFileExporter(DeliveringExporter):

@@ -151,7 +151,8 @@ def retry_delay(metadata: Sequence[tuple[str, str | bytes]] | None) -> float | N
 
 
 def _seconds(info: error_details_pb2.RetryInfo) -> float:
-    return max(info.retry_delay.seconds + info.retry_delay.nanos / 1e9, 0.0)
+    seconds = float(info.retry_delay.seconds) + float(info.retry_delay.nanos) / 1e9
+    return max(seconds, 0.0)
 
 
 def classify_grpc_error(code: grpc.StatusCode, *, retry_after: float | None) -> bool:
@@ -181,6 +182,10 @@ class OtlpGrpcExporter(DeliveringExporter):
     Raises:
         ConfigError: bad endpoint, header name or TLS file.
     """
+
+    _probe_when_empty = True
+
+    _probe_when_empty = True
 
     def __init__(
         self,
@@ -268,7 +273,7 @@ class OtlpGrpcExporter(DeliveringExporter):
         if not isinstance(err, grpc.Call):  # every stub error is a Call; be safe anyway
             return Delivery(delivered=False, message=f"{self.target}: gRPC error {err}")
         code = err.code() or grpc.StatusCode.UNKNOWN
-        delay = retry_delay(err.trailing_metadata())  # type: ignore[arg-type]
+        delay = retry_delay(err.trailing_metadata())
         detail = one_line(err.details() or "")
         message = f"{self.target}: gRPC {code.name}" + (f": {detail}" if detail else "")
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:

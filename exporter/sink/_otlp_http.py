@@ -108,6 +108,10 @@ class OtlpHttpExporter(DeliveringExporter):
         ConfigError: bad endpoint, header name or TLS file.
     """
 
+    _probe_when_empty = True
+
+    _probe_when_empty = True
+
     def __init__(
         self,
         *,

@@ -220,6 +220,11 @@ class OtlpReceiver:
     ) -> None:
         if (tls_certificate_file is None) != (tls_key_file is None):
             raise ValueError("TLS needs both tls_certificate_file and tls_key_file")
+        if tls_certificate_file is not None and tls_key_file is not None:
+            # Fail here, not in start()'s bind loop: a bad pair is not a busy port.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                str(tls_certificate_file), str(tls_key_file)
+            )
         self._host = host
         self._serve_grpc = enable_grpc
         self._serve_http = enable_http
@@ -309,8 +314,9 @@ class OtlpReceiver:
 
         def bind() -> int:
             if self._tls is not None:
-                return server.add_secure_port(address, grpc.ssl_server_credentials([self._tls]))
-            return server.add_insecure_port(address)
+                credentials = grpc.ssl_server_credentials([self._tls])
+                return int(server.add_secure_port(address, credentials))
+            return int(server.add_insecure_port(address))
 
         self._grpc_port = _bind_retrying(bind, address)
         server.start()
@@ -616,7 +622,7 @@ def _retry_info_trailer(code: grpc.StatusCode, message: str, retry_after: float)
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
@@ -706,22 +712,24 @@ class _Handler(BaseHTTPRequestHandler):
         """Quiet: tests and benchmarks do not want a line per request on stderr."""
 
     def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path != TRACES_PATH:
-            self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
-            return
         length = self.headers.get("Content-Length")
-        if length is None:
+        if length is None or not length.strip().isdigit():
+            self.close_connection = True  # the body's end is unknown: the connection is spent
             self._reply(HTTPStatus.LENGTH_REQUIRED, b"Content-Length required", "text/plain")
             return
-        body = self.rfile.read(int(length))
+        # Read the body before any answer, so that the keep-alive connection stays in step.
+        raw = self.rfile.read(int(length))
+        if self.path.split("?", 1)[0] != TRACES_PATH:
+            self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
+            return
         encoding = (self.headers.get("Content-Encoding") or "").strip().lower() or None
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        body: bytes | None = raw
         try:
             if encoding == "gzip":
-                body = gzip.decompress(body)
+                body = gzip.decompress(raw)
             elif encoding == "deflate":
-                body = zlib.decompress(body)
+                body = zlib.decompress(raw)
             elif encoding not in (None, "identity"):
                 self._reply(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, b"unknown encoding", "text/plain")
                 return
@@ -782,7 +790,9 @@ def _decode_http(
             from ..sink import otlp_json_to_request  # only JSON needs the sink's id handling
 
             return otlp_json_to_request(body)
-        return trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        return request
     except (DecodeError, ValueError):
         return None
 
