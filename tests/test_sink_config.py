@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import logging
 import os
@@ -12,7 +13,10 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
 
+import httpx
 import pytest
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -383,3 +387,87 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after("soon") is None
     assert parse_retry_after(later, now=now.timestamp()) == 30.0
     assert parse_retry_after(format_datetime(now, usegmt=True), now=now.timestamp() + 9) == 0.0
+
+
+# --- OTLP/HTTP answers the test receiver never gives (httpx.MockTransport) --------------------
+def http_answering(response: httpx.Response) -> OtlpHttpExporter:
+    return OtlpHttpExporter(
+        endpoint="http://collector:4318/v1/traces",
+        transport=httpx.MockTransport(lambda request: response),
+    )
+
+
+@pytest.mark.parametrize(
+    ("response", "expected"),
+    [
+        (
+            httpx.Response(
+                200,
+                json={"partialSuccess": {"rejectedSpans": "2", "errorMessage": "too old"}},
+            ),
+            Delivery(delivered=True, rejected=2, message="too old"),
+        ),
+        (httpx.Response(200), Delivery(delivered=True)),
+        (
+            httpx.Response(202, content=b"\xff\xfe not protobuf"),
+            Delivery(delivered=True, message="accepted, but the response body is unreadable"),
+        ),
+        (
+            httpx.Response(500, text="collector\nexploded"),
+            Delivery(
+                delivered=False,
+                permanent=True,
+                message="http://collector:4318/v1/traces: HTTP 500 Internal Server Error: "
+                "collector exploded",
+            ),
+        ),
+        (
+            httpx.Response(503, json={"code": 14, "message": "overloaded"}),
+            Delivery(
+                delivered=False,
+                message="http://collector:4318/v1/traces: HTTP 503 Service Unavailable: overloaded",
+            ),
+        ),
+        (
+            httpx.Response(301, headers={"Location": "https://elsewhere/v1/traces"}),
+            Delivery(
+                delivered=False,
+                permanent=True,
+                message="http://collector:4318/v1/traces: HTTP 301 Moved Permanently",
+            ),
+        ),
+    ],
+)
+def test_http_answers(response: httpx.Response, expected: Delivery) -> None:
+    exporter = http_answering(response)
+    try:
+        assert exporter.deliver(make_batch(3)) == expected
+    finally:
+        exporter.shutdown()
+
+
+def test_http_request_shape() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200)
+
+    exporter = OtlpHttpExporter(
+        endpoint="http://collector:4318/v1/traces",
+        headers={"User-Agent": "mine/1", "x-key": SECRET},
+        compression="gzip",
+        transport=httpx.MockTransport(handler),
+    )
+    try:
+        assert exporter.deliver(make_batch(2)).delivered
+    finally:
+        exporter.shutdown()
+    (request,) = seen
+    assert request.method == "POST"
+    assert request.headers["content-type"] == "application/x-protobuf"
+    assert request.headers["content-encoding"] == "gzip"
+    assert request.headers["user-agent"] == "mine/1"
+    assert request.headers["x-key"] == SECRET
+    body = ExportTraceServiceRequest.FromString(gzip.decompress(request.content))
+    assert body == encode_spans(make_batch(2))

@@ -26,6 +26,8 @@ _logger = logging.getLogger(__name__)
 
 #: Seconds during which an identical failure message is logged only once.
 DEFAULT_LOG_INTERVAL: Final = 60.0
+#: Distinct failure messages remembered for the rate limit before old ones are forgotten.
+_MAX_REMEMBERED: Final = 256
 #: Header values shorter than this are not scrubbed from messages: they cannot be secrets and
 #: replacing "1" or "on" everywhere would make messages unreadable.
 _MIN_SECRET_LENGTH: Final = 3
@@ -129,6 +131,14 @@ class _FailureLog:
                 self._suppressed[message] = self._suppressed.get(message, 0) + 1
                 return
             repeated = self._suppressed.pop(message, 0)
+            if len(self._last_logged) >= _MAX_REMEMBERED:
+                # Messages carry server text that may vary; never let the memory grow.
+                self._last_logged = {
+                    m: t for m, t in self._last_logged.items() if now - t < self._interval
+                }
+                self._suppressed = {
+                    m: n for m, n in self._suppressed.items() if m in self._last_logged
+                }
             self._last_logged[message] = now
         if repeated:
             _logger.log(

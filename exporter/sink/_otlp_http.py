@@ -153,9 +153,9 @@ class OtlpHttpExporter(DeliveringExporter):
         )
         self._secure = url.scheme == "https"
         request_headers = {
+            "User-Agent": f"letta-otel-exporter/{__version__}",  # a user's own one wins
             **headers,
             "Content-Type": _PROTOBUF,
-            "User-Agent": f"letta-otel-exporter/{__version__}",
         }
         if self._gzip:
             request_headers["Content-Encoding"] = "gzip"

@@ -456,7 +456,11 @@ class OtlpReceiver:
             retry_after: seconds to suggest (gRPC ``RetryInfo``, HTTP ``Retry-After`` rounded up).
         """
         with self._lock:
-            self._fault = _Fault(count, grpc_code, http_status, message, retry_after)
+            self._fault = (
+                _Fault(count, grpc_code, http_status, message, retry_after)
+                if count is None or count > 0
+                else None
+            )
 
     def fail_next(self, count: int = 1, *, retry_after: float | None = None) -> None:
         """Answer ``UNAVAILABLE`` / 503 to the next ``count`` requests (retryable)."""
@@ -474,7 +478,9 @@ class OtlpReceiver:
         The first ``rejected`` spans of such a request are dropped, the rest stored.
         """
         with self._lock:
-            self._partial = _Partial(count, rejected, message)
+            self._partial = (
+                _Partial(count, rejected, message) if count is None or count > 0 else None
+            )
 
     def set_delay(self, seconds: float) -> None:
         """Wait this long before answering each request (0: answer at once)."""
