@@ -234,7 +234,8 @@ class DeliveringExporter(SpanExporter):
             except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
                 result = Delivery(
                     delivered=False,
-                    message=f"{self._target}: unexpected {type(exc).__name__}: {exc}",
+                    message=f"{self._target}: unexpected {type(exc).__name__}: "
+                    f"{one_line(str(exc))}",
                 )
         result = self._scrub(result)
         self._account(len(spans), result)
