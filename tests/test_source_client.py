@@ -349,3 +349,16 @@ async def test_check_cannot_reach():
 async def test_bad_resume_position_is_a_source_error(client):
     with pytest.raises(SourceError, match="cannot resume"):
         _ = [s async for s in client.discover(StepFilter(), resume="run-1/step-2/bad-time")]
+
+
+async def test_a_cancelled_agent_load_does_not_fail_the_others(client, fake):
+    fake.slow(0.2, path=r"^/v1/agents/")
+    first = asyncio.create_task(client.get_agent(AGENT))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(client.get_agent(AGENT))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    agent = await asyncio.wait_for(second, timeout=10)
+    assert agent is not None
+    assert agent.id == AGENT
+    assert first.cancelled()

@@ -318,3 +318,30 @@ async def test_forced_modes(old, cloud, caplog):
         with pytest.raises(SourceHTTPError) as raised:
             await collect(letta.discover(StepFilter()))
     assert raised.value.status_code == 400
+
+
+async def test_naive_filter_times_are_utc(generated):
+    since = (START + timedelta(milliseconds=100)).replace(tzinfo=None)
+    async with client_for(generated) as letta:
+        found = await collect(letta.discover(StepFilter(since=since)))
+    assert [d.step.id for d in found] == generated.store.step_ids()[11:]
+
+
+async def test_a_run_deleted_meanwhile_is_skipped(old, caplog):
+    caplog.set_level(logging.WARNING, logger=DISCOVERY_LOGGER)
+    gone = old.store.run_ids()[3]
+    old.fail(404, times=None, path=rf"^/v1/runs/{gone}/steps$")
+    async with client_for(old) as letta:
+        found = await collect(letta.discover(StepFilter()))
+    assert [d.step.id for d in found] == [
+        s for run in old.store.run_ids() if run != gone for s in old.store.run_step_ids(run)
+    ]
+    assert any(gone in r.getMessage() for r in caplog.records)
+
+
+async def test_no_runs_route_is_an_error_not_an_empty_pass(old):
+    old.fail(404, times=None, path=r"^/v1/runs/$")
+    async with client_for(old) as letta:
+        with pytest.raises(SourceHTTPError) as raised:
+            await collect(letta.discover(StepFilter()))
+    assert raised.value.status_code == 404

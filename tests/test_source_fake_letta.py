@@ -302,3 +302,17 @@ def test_server_stops_and_refuses_connections():
             http.get("/v1/health/")
     with pytest.raises(RuntimeError):
         _ = fake.url
+
+
+def test_store_takes_models_and_dicts():
+    store = LettaStore()
+    step = Step(id="step-22222222-2222-4222-8222-222222222222", run_id=None, agent_id=None)
+    store.add_step(step, metrics={"id": step.id, "step_ns": 5})
+    store.set_trace(step.id, {"request_json": {}, "response_json": {}, "step_id": step.id})
+    store.add_run({"id": "run-33333333-3333-4333-8333-333333333333", "status": "running"})
+    store.set_run_status("run-33333333-3333-4333-8333-333333333333", "completed")
+    with FakeLetta(store, flavour="cloud") as fake, httpx.Client(base_url=fake.url) as http:
+        assert ids(http.get("/v1/steps/")) == [step.id]
+        assert http.get(f"/v1/steps/{step.id}/trace").json()["step_id"] == step.id
+        run = http.get("/v1/runs/run-33333333-3333-4333-8333-333333333333").json()
+        assert run["status"] == "completed"

@@ -14,6 +14,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .. import __version__
+from ..errors import RecordInvalidError, SourceHTTPError, SourceResponseError
 from ..models import (
     Agent,
     ProviderTrace,
@@ -213,16 +214,26 @@ class LettaClient:
             self._agents.move_to_end(agent_id)
             return self._agents[agent_id]
         if (loading := self._agent_loads.get(agent_id)) is not None:
-            return await asyncio.shield(loading)
+            try:
+                return await asyncio.shield(loading)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not loading.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The caller that was loading it was cancelled, not us: load it ourselves.
+                return await self.get_agent(agent_id)
         future: asyncio.Future[Agent | None] = asyncio.get_running_loop().create_future()
         self._agent_loads[agent_id] = future
         try:
             agent = await self._requester.get_parsed(
                 f"/v1/agents/{agent_id}", _parser(Agent), missing_ok=True
             )
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
         except BaseException as exc:
             future.set_exception(exc)
-            future.exception()  # mark retrieved: waiters may be none
+            future.exception()  # mark it retrieved: there may be no waiter
             raise
         finally:
             del self._agent_loads[agent_id]
@@ -239,8 +250,17 @@ class LettaClient:
             SourceHTTPError: an error status (401: the API key was refused, or is needed).
             SourceConnectionError: Letta cannot be reached.
         """
-        health = await self._requester.get_parsed(_HEALTH_PATH, _parser(_Health), missing_ok=True)
-        version = health.version if health is not None and health.version else "(version unknown)"
+        version = "(version unknown)"
+        try:
+            health = await self._requester.get_parsed(
+                _HEALTH_PATH, _parser(_Health), missing_ok=True
+            )
+        except (SourceHTTPError, SourceResponseError, RecordInvalidError) as exc:
+            # The version is a nicety; reachability and the key are judged by the calls below.
+            _logger.debug("no version from %s: %s", _HEALTH_PATH, exc)
+        else:
+            if health is not None and health.version:
+                version = health.version
         mode = await self.discovery_mode()
         # The health route is open even on a secured server: make one authenticated call too.
         # In auto mode the probe already was one (when it worked) unless it fell back to runs.

@@ -32,7 +32,8 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Final, Literal
 
 from ..errors import SourceError, SourceHTTPError
@@ -83,6 +84,16 @@ def decode_position(position: str) -> tuple[str | None, str, datetime | None]:
                 raise SourceError(f"cannot resume from position {position!r}: bad time") from None
         return parts[0], parts[1], stamp
     raise SourceError(f"cannot resume from position {position!r}: not a discovery position")
+
+
+def _aware(filt: StepFilter) -> StepFilter:
+    """The filter with naive times read as UTC, as everywhere in Letta."""
+    since, until = filt.since, filt.until
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    return replace(filt, since=since, until=until)
 
 
 def _matches(step: Step, filt: StepFilter, *, by_time: bool) -> bool:
@@ -191,6 +202,7 @@ class Discovery:
     ) -> AsyncIterator[DiscoveredStep]:
         """Every step matching ``filt``, oldest first, each with its resume position."""
         where = decode_position(resume) if resume else None
+        filt = _aware(filt)
         if await self.mode() == "steps":
             async for found in self._discover_steps(filt, where[1] if where else None):
                 yield found
@@ -241,12 +253,12 @@ class Discovery:
             elif created_at is None:
                 created_at = await self._run_created_at(run_id)
             if run_id is not None:
-                async for step in self._remaining_steps(run_id, step_id):
+                async for step in self._steps_of(run_id, after=step_id):
                     if _matches(step, filt, by_time=False):
                         yield DiscoveredStep(step, encode_run_position(run_id, step.id, created_at))
                 start = (run_id, created_at)
         async for run in self._iter_runs(filt, start=start):
-            async for step in self.list_run_steps(run.id):
+            async for step in self._steps_of(run.id):
                 if _matches(step, filt, by_time=False):
                     yield DiscoveredStep(step, encode_run_position(run, step.id, run.created_at))
 
@@ -267,15 +279,19 @@ class Discovery:
         run = await self._requester.get_parsed(f"/v1/runs/{run_id}", _parse_run, missing_ok=True)
         return run.created_at if run is not None else None
 
-    async def _remaining_steps(self, run_id: str, step_id: str) -> AsyncIterator[Step]:
+    async def _steps_of(self, run_id: str, *, after: str | None = None) -> AsyncIterator[Step]:
+        """A run's steps; a run deleted meanwhile (404) has none, rather than ending the pass."""
         try:
-            async for step in self.list_run_steps(run_id, after=step_id):
+            async for step in self.list_run_steps(run_id, after=after):
                 yield step
         except SourceHTTPError as exc:
             if exc.status_code != 404:
                 raise
-            # The run (or the step used as cursor) was deleted: nothing left to read there.
-            _logger.warning("resume run %s or step %s is gone; going on", run_id, step_id)
+            _logger.warning(
+                "run %s%s is gone; going on with the next run",
+                run_id,
+                f" (or its step {after})" if after else "",
+            )
 
     # ------------------------------------------------------------------ runs
     async def list_run_steps(self, run_id: str, *, after: str | None = None) -> AsyncIterator[Step]:
@@ -301,7 +317,7 @@ class Discovery:
 
     def list_runs(self, filt: StepFilter) -> AsyncIterator[Run]:
         """Runs matching the filter's agents and time window, oldest first."""
-        return self._iter_runs(filt, start=None)
+        return self._iter_runs(_aware(filt), start=None)
 
     async def _iter_runs(
         self, filt: StepFilter, *, start: tuple[str, datetime | None] | None
@@ -367,8 +383,10 @@ class Discovery:
         params = dict(base)
         if cursor_id is not None:
             params[param or self._runs_cursor] = cursor_id
-        page = await self._requester.get_parsed(_RUNS_PATH, _parse_runs, params, missing_ok=True)
-        return page
+        # Without a cursor a 404 means "no runs route": an error, not an empty list.
+        return await self._requester.get_parsed(
+            _RUNS_PATH, _parse_runs, params, missing_ok=cursor_id is not None
+        )
 
     async def _other_cursor(
         self,
@@ -385,7 +403,7 @@ class Discovery:
         if not self._swap_logged:
             self._swap_logged = True
             _logger.info(
-                "GET %s cursors are swapped on this server (%s= went backwards); paging with %s=",
+                "GET %s cursors are swapped on this server (%s= made no progress); paging with %s=",
                 _RUNS_PATH,
                 self._runs_cursor,
                 other,

@@ -42,10 +42,8 @@ from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
-
-from pydantic import BaseModel
 
 __all__ = ["FakeLetta", "Fault", "Flavour", "LettaStore", "RecordedRequest"]
 
@@ -58,7 +56,15 @@ _RUN_ID: Final = re.compile(r"^run-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NULL: Final = b"null"
 _Key = tuple[int, int, str]  # (created_at in µs since the epoch, insertion number, id)
-_Record = Mapping[str, Any] | BaseModel
+
+
+class _JsonModel(Protocol):
+    """A pydantic model (from exporter.models, say): anything that dumps itself as JSON."""
+
+    def model_dump_json(self) -> str: ...
+
+
+_Record = Mapping[str, Any] | _JsonModel
 
 
 # ---------------------------------------------------------------------- helpers
@@ -81,10 +87,10 @@ def _parse_time(text: str) -> datetime:
 
 
 def _as_dict(record: _Record) -> dict[str, Any]:
-    if isinstance(record, BaseModel):
-        data: dict[str, Any] = json.loads(record.model_dump_json())
-        return data
-    return dict(record)
+    if isinstance(record, Mapping):
+        return dict(record)
+    data: dict[str, Any] = json.loads(record.model_dump_json())  # a pydantic model
+    return data
 
 
 def _dumps(data: Any) -> bytes:
