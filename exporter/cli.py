@@ -14,24 +14,21 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 
-from . import __version__
-from .checkpoint import Checkpoint, stream_key
-from .convert import ConvertOptions, build_resource
+from . import __version__, wiring
+from .checkpoint import Checkpoint
 from .errors import ConfigError, ExporterError
 from .logs import setup_logging
 from .replay import ReplayOptions, export_traces
 from .settings import Settings
 from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
 from .sink import OtlpJsonFileExporter, build_exporter
-from .source import LettaClient, StepFilter, read_trace_file
+from .source import LettaClient, read_trace_file
 from .telemetry import DeadLetter, HealthServer, Metrics
-from .worker import Worker, WorkerOptions
 
 __all__ = ["app", "main"]
 
@@ -189,71 +186,6 @@ def _errors() -> Iterator[None]:
         sys.exit(EXIT_FAILED)
 
 
-# ---------------------------------------------------------------------------------- wiring
-def _convert_options(settings: Settings) -> ConvertOptions:
-    return ConvertOptions(
-        content=settings.content,
-        content_max_bytes=settings.content_max_bytes,
-        redact_patterns=tuple(settings.redact_patterns),
-        join_letta_traces=settings.join_letta_traces,
-    )
-
-
-def _resource(settings: Settings) -> Any:
-    return build_resource(settings.service_name, settings.resource_attribute_dict())
-
-
-def _filter(settings: Settings, *, until_now: bool) -> StepFilter:
-    until = settings.until
-    if until is None and until_now:
-        until = datetime.now(UTC)
-    return StepFilter(
-        since=settings.since,
-        until=until,
-        agent_ids=tuple(settings.agent_ids),
-        model=settings.model,
-        project_id=settings.project_id,
-    )
-
-
-def _stream(settings: Settings, *, window: bool) -> str:
-    """The checkpoint stream: one per filter set; one-shot windows are part of the key."""
-    parts: dict[str, Any] = {
-        "letta": settings.letta_base_url.rstrip("/"),
-        "agents": sorted(settings.agent_ids),
-        "model": settings.model,
-        "project": settings.project_id,
-        "shard": settings.shard,
-    }
-    if window:
-        parts["since"] = settings.since.isoformat() if settings.since else None
-        parts["until"] = settings.until.isoformat() if settings.until else None
-    return stream_key(**parts)
-
-
-def _worker_options(settings: Settings, *, one_shot: bool, dry_run: bool = False) -> WorkerOptions:
-    return WorkerOptions(
-        batch_size=settings.batch_size,
-        concurrency=settings.concurrency,
-        trace_settle_seconds=settings.trace_settle_seconds,
-        export_deadline_seconds=settings.export_deadline_seconds if one_shot else None,
-        retry_initial_seconds=min(1.0, settings.retry_backoff_initial_seconds * 2),
-        retry_max_seconds=settings.retry_backoff_max_seconds,
-        limit=settings.limit if one_shot else None,
-        dry_run=dry_run,
-        shard=settings.shard_spec,
-    )
-
-
-def _sink_target(settings: Settings) -> str:
-    sink = settings.effective_sink
-    if sink == "otlp":
-        return f"OTLP {settings.otlp_protocol} {settings.otlp_traces_url}"
-    if sink == "file":
-        return f"OTLP JSON file {settings.output}"
-    return "console"
-
-
 def _install_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -299,23 +231,16 @@ async def _run(settings: Settings) -> int:
     _install_signals(stop)
     metrics = Metrics()
     exporter = build_exporter(settings)
-    checkpoint = Checkpoint(settings.state_path)
-    dead_letter = DeadLetter(settings.dead_letter_path)
     health: HealthServer | None = None
     try:
         async with LettaClient.from_settings(settings, stop=stop) as client:
-            worker = Worker(
+            worker = wiring.build_worker(
+                settings,
                 client=client,
                 exporter=exporter,
-                checkpoint=checkpoint,
-                stream=_stream(settings, window=False),
-                filt=_filter(settings, until_now=False),
-                convert_options=_convert_options(settings),
-                resource=_resource(settings),
-                options=_worker_options(settings, one_shot=False),
-                metrics=metrics,
-                dead_letter=dead_letter,
                 stop=stop,
+                one_shot=False,
+                metrics=metrics,
             )
             stall = max(120.0, settings.poll_interval_seconds * 4)
             if settings.health_port:
@@ -335,7 +260,7 @@ async def _run(settings: Settings) -> int:
             _logger.info(
                 "sidecar started: Letta %s -> %s, polling every %.0fs",
                 settings.letta_base_url,
-                _sink_target(settings),
+                wiring.sink_target(settings),
                 settings.poll_interval_seconds,
             )
             task = asyncio.create_task(
@@ -421,25 +346,21 @@ async def _export(
                 summary = await export_traces(
                     read_trace_file(settings.input),
                     shipper=shipper,
-                    convert_options=_convert_options(settings),
-                    resource=_resource(settings),
+                    convert_options=wiring.convert_options(settings),
+                    resource=wiring.resource(settings),
                     options=ReplayOptions(batch_size=settings.batch_size, limit=settings.limit),
                     on_progress=progress.update,
                 )
             else:
                 async with LettaClient.from_settings(settings, stop=stop) as client:
-                    worker = Worker(
+                    worker = wiring.build_worker(
+                        settings,
                         client=client,
                         exporter=exporter,
-                        checkpoint=Checkpoint(settings.state_path),
-                        stream=_stream(settings, window=True),
-                        filt=_filter(settings, until_now=True),
-                        convert_options=_convert_options(settings),
-                        resource=_resource(settings),
-                        options=_worker_options(settings, one_shot=True, dry_run=dry_run),
-                        metrics=metrics,
-                        dead_letter=dead_letter,
                         stop=stop,
+                        one_shot=True,
+                        dry_run=dry_run,
+                        metrics=metrics,
                         on_progress=progress.update,
                     )
                     try:
@@ -506,7 +427,7 @@ def _report(
     dry_run: bool,
 ) -> None:
     data = summary.as_dict() | {
-        "sink": "dry-run" if dry_run else _sink_target(settings),
+        "sink": "dry-run" if dry_run else wiring.sink_target(settings),
         "seconds": round(seconds, 3),
         "interrupted": interrupted,
         "error": error,
@@ -536,8 +457,10 @@ def _report(
         )
         lines.extend(f"  - {failure}" for failure in summary.failures[:20])
     if interrupted:
-        lines.append("interrupted: the checkpoint holds the last delivered step; run the same "
-                     "command again to resume")
+        lines.append(
+            "interrupted: the checkpoint holds the last delivered step; run the same "
+            "command again to resume"
+        )
     click.echo("\n".join(lines))
 
 
@@ -545,8 +468,13 @@ def _report(
 @click.argument(
     "input_path", metavar="INPUT", default="-", type=click.Path(dir_okay=False, allow_dash=True)
 )
-@click.option("-o", "--output", default="-", type=click.Path(dir_okay=False, allow_dash=True),
-              help="OTLP JSON lines file (default: stdout).")
+@click.option(
+    "-o",
+    "--output",
+    default="-",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="OTLP JSON lines file (default: stdout).",
+)
 @click.option("--content", type=click.Choice(["none", "full", "raw"]))
 @click.option("--redact", "redact_patterns", multiple=True, help="Regex blanked out of content.")
 @click.option("--service-name", help="service.name (default letta).")
@@ -573,8 +501,8 @@ def convert(input_path: str, output: str, no_parents: bool, **flags: Any) -> Non
                 export_traces(
                     read_trace_file(input_path),
                     shipper=shipper,
-                    convert_options=_convert_options(settings),
-                    resource=_resource(settings),
+                    convert_options=wiring.convert_options(settings),
+                    resource=wiring.resource(settings),
                     options=ReplayOptions(batch_size=settings.batch_size, parents=not no_parents),
                 )
             )
@@ -598,8 +526,10 @@ def check(**flags: Any) -> None:
 
 
 async def _check(settings: Settings) -> bool:
-    click.echo(f"ok    config: sink {_sink_target(settings)}, content {settings.content}, "
-               f"state {settings.state_path}")
+    click.echo(
+        f"ok    config: sink {wiring.sink_target(settings)}, content {settings.content}, "
+        f"state {settings.state_path}"
+    )
     ok = True
     if settings.source == "letta":
         try:
@@ -615,9 +545,9 @@ async def _check(settings: Settings) -> bool:
 
         delivery = await asyncio.to_thread(deliver, exporter, [])
         if delivery.delivered:
-            click.echo(f"ok    sink: {_sink_target(settings)} accepted an empty export")
+            click.echo(f"ok    sink: {wiring.sink_target(settings)} accepted an empty export")
         else:
-            click.echo(f"FAIL  sink: {_sink_target(settings)}: {delivery.message}")
+            click.echo(f"FAIL  sink: {wiring.sink_target(settings)}: {delivery.message}")
             ok = False
     finally:
         exporter.shutdown()

@@ -186,6 +186,7 @@ class Worker:
             dry_run=options.dry_run,
             on_wait=self._beat,
         )
+        self._source_retries = 0
         self.heartbeat = clock()
         self.passes = 0
 
@@ -233,6 +234,7 @@ class Worker:
             await self._ship(batch, summary)
             await self._ship_finished_runs(summary, final=final)
         finally:
+            self._count_source_retries()
             summary.pending = len(self._state.pending)
             self._metrics.pending_traces.set(len(self._state.pending))
             self._metrics.open_runs.set(len(self._state.open_runs))
@@ -242,6 +244,13 @@ class Worker:
         self._metrics.last_pass.set(self.heartbeat)
         self._metrics.lag_seconds.set(0)
         return summary
+
+    def _count_source_retries(self) -> None:
+        stats = getattr(self._client, "stats", None)
+        retries = int(getattr(stats, "retries", 0))
+        if retries > self._source_retries:
+            self._metrics.retries.labels(hop="letta").inc(retries - self._source_retries)
+            self._source_retries = retries
 
     async def _items(self, mode: str, summary: ExportSummary) -> AsyncIterator[_Item]:
         seen: set[str] = set()

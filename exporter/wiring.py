@@ -1,0 +1,131 @@
+"""Settings -> the narrower objects each stage takes, in one place for the CLI and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from .checkpoint import Checkpoint, stream_key
+from .convert import ConvertOptions, build_resource
+from .settings import Settings
+from .shipping import ExportSummary
+from .source import LettaClient, StepFilter
+from .telemetry import DeadLetter, Metrics
+from .worker import Worker, WorkerOptions
+
+__all__ = [
+    "build_worker",
+    "convert_options",
+    "resource",
+    "sink_target",
+    "step_filter",
+    "stream",
+    "worker_options",
+]
+
+
+def convert_options(settings: Settings) -> ConvertOptions:
+    """The content policy and id options."""
+    return ConvertOptions(
+        content=settings.content,
+        content_max_bytes=settings.content_max_bytes,
+        redact_patterns=tuple(settings.redact_patterns),
+        join_letta_traces=settings.join_letta_traces,
+    )
+
+
+def resource(settings: Settings) -> Resource:
+    """service.name and OTEL_RESOURCE_ATTRIBUTES as an OTel resource."""
+    return build_resource(settings.service_name, settings.resource_attribute_dict())
+
+
+def step_filter(settings: Settings, *, until_now: bool) -> StepFilter:
+    """Which steps to export; a one-shot job without ``until`` stops at its start time."""
+    until = settings.until
+    if until is None and until_now:
+        until = datetime.now(UTC)
+    return StepFilter(
+        since=settings.since,
+        until=until,
+        agent_ids=tuple(settings.agent_ids),
+        model=settings.model,
+        project_id=settings.project_id,
+    )
+
+
+def stream(settings: Settings, *, window: bool) -> str:
+    """The checkpoint stream of this filter set.
+
+    The sidecar's stream ignores ``since``/``until`` (they only bound its first start, and a
+    relative ``since`` changes at every start); a one-shot job's window is part of its key, so
+    re-running the same command resumes it.
+    """
+    parts: dict[str, Any] = {
+        "letta": settings.letta_base_url.rstrip("/"),
+        "agents": sorted(settings.agent_ids),
+        "model": settings.model,
+        "project": settings.project_id,
+        "shard": settings.shard,
+    }
+    if window:
+        parts["since"] = settings.since.isoformat() if settings.since else None
+        parts["until"] = settings.until.isoformat() if settings.until else None
+    return stream_key(**parts)
+
+
+def worker_options(settings: Settings, *, one_shot: bool, dry_run: bool = False) -> WorkerOptions:
+    """Batching, retry and limit options for the sidecar (``one_shot=False``) or the job."""
+    return WorkerOptions(
+        batch_size=settings.batch_size,
+        concurrency=settings.concurrency,
+        trace_settle_seconds=settings.trace_settle_seconds,
+        export_deadline_seconds=settings.export_deadline_seconds if one_shot else None,
+        retry_initial_seconds=min(1.0, settings.retry_backoff_initial_seconds * 2),
+        retry_max_seconds=settings.retry_backoff_max_seconds,
+        limit=settings.limit if one_shot else None,
+        dry_run=dry_run,
+        shard=settings.shard_spec,
+    )
+
+
+def sink_target(settings: Settings) -> str:
+    """Where spans go, for logs and summaries (never with headers)."""
+    sink = settings.effective_sink
+    if sink == "otlp":
+        return f"OTLP {settings.otlp_protocol} {settings.otlp_traces_url}"
+    if sink == "file":
+        return f"OTLP JSON file {settings.output}"
+    return "console"
+
+
+def build_worker(
+    settings: Settings,
+    *,
+    client: LettaClient,
+    exporter: SpanExporter,
+    stop: asyncio.Event,
+    one_shot: bool,
+    dry_run: bool = False,
+    metrics: Metrics | None = None,
+    on_progress: Callable[[ExportSummary], None] | None = None,
+) -> Worker:
+    """A worker for the sidecar or the one-shot job, as the CLI runs it."""
+    return Worker(
+        client=client,
+        exporter=exporter,
+        checkpoint=Checkpoint(settings.state_path),
+        stream=stream(settings, window=one_shot),
+        filt=step_filter(settings, until_now=one_shot),
+        convert_options=convert_options(settings),
+        resource=resource(settings),
+        options=worker_options(settings, one_shot=one_shot, dry_run=dry_run),
+        metrics=metrics or Metrics(),
+        dead_letter=DeadLetter(settings.dead_letter_path),
+        stop=stop,
+        on_progress=on_progress,
+    )
