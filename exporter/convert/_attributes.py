@@ -218,14 +218,14 @@ class SpanAttributes:
         budget[0] -= 1
         scalar = _scalar(value)
         if scalar is not None:
-            # Redaction and the size limit come in finish(); URL passwords go now.
-            self.values[key] = scrub_url_userinfo(scalar) if isinstance(scalar, str) else scalar
+            # Redaction and the size limit come in finish(); credentials go now.
+            self.values[key] = cleaner.scrub(scalar) if isinstance(scalar, str) else scalar
             return
         if isinstance(value, list | tuple):
             items = _homogeneous(value)
             if items is not None:
                 if items and isinstance(items[0], str):
-                    items = tuple(scrub_url_userinfo(item) for item in items)
+                    items = tuple(cleaner.scrub(item) for item in items)
                 self.values[key] = items
                 return
         self.put_json(key, cleaner.clean(value), markers=True)
@@ -268,6 +268,7 @@ class SpanAttributes:
         return self._fit(value, self.max_bytes)[0]
 
     def _fit(self, value: str, limit: int) -> tuple[str, bool]:
+        value = scrub_url_userinfo(value)  # any URL from any record: no passwords
         if self.redactors:
             value = redact_text(value, self.redactors)
         return truncate_text(fix_text(value), limit)

@@ -10,6 +10,7 @@ the bodies. Letta endpoint types with no well-known value (``ollama``, ``vllm``,
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
@@ -67,6 +68,7 @@ _SHAPE_PROVIDER_MAP: Final = {
     Shape.GOOGLE: PROVIDER_GCP_GEN_AI,
 }
 
+_HOST: Final = re.compile(r"[A-Za-z0-9._%:~-]+")
 _DEFAULT_PORTS: Final = {"https": 443, "http": 80, "grpcs": 443, "wss": 443, "ws": 80}
 
 
@@ -96,7 +98,7 @@ def parse_endpoint(url: str | None) -> Endpoint | None:
         port = parts.port
     except ValueError:
         return None
-    if not host:
+    if not host or not _HOST.fullmatch(host):
         return None
     if port is None:
         port = _DEFAULT_PORTS.get(parts.scheme.lower())

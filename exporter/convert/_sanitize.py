@@ -7,12 +7,15 @@ Before any of it reaches an attribute it goes through :class:`Cleaner`, which
   case-insensitively and at any depth, by ``[REDACTED]``, whatever the content policy;
 * applies the user's redaction patterns to every string;
 * hides passwords in URLs (``https://user:pass@host``);
+* does the same inside strings that hold JSON (tool call arguments are JSON strings), re-encoding
+  such a string only when it had something to hide;
 * turns what JSON cannot hold (NaN, non-string keys, bytes, sets, objects, lone surrogates,
   nesting deeper than :data:`MAX_DEPTH`) into strings, so serialising the result cannot fail.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -80,6 +83,12 @@ _CREDENTIAL_SUFFIXES: Final = (
     "_credentials",
 )
 _URL_USERINFO: Final = re.compile(r"(?<=://)[^/@\s?#]+@")
+# Only strings that could hold a credential key are parsed as JSON (cheap pre-check).
+_CREDENTIAL_HINT: Final = re.compile(
+    r"key|auth|token|secret|passw|cookie|credential", re.IGNORECASE
+)
+_MAX_EMBEDDED: Final = 4
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 
 def is_credential_key(key: object) -> bool:
@@ -104,7 +113,8 @@ def fix_text(text: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        # In a Python str every surrogate code point is unpaired (pairs decode to one character).
+        return _SURROGATE.sub("\ufffd", text)
     return text
 
 
@@ -126,12 +136,45 @@ class Cleaner:
 
     redactors: tuple[re.Pattern[str], ...] = ()
     clipped: bool = field(default=False)
+    _hidden: bool = field(default=False, repr=False)
+    _embedded: int = field(default=0, repr=False)
+
+    def scrub(self, value: str) -> str:
+        """Credentials out of a string: in embedded JSON and in URLs (no redaction patterns)."""
+        if (
+            len(value) > 1
+            and value[0] in "{["
+            and self._embedded < _MAX_EMBEDDED
+            and _CREDENTIAL_HINT.search(value)
+        ):
+            value = self._scrub_embedded_json(value)
+        return scrub_url_userinfo(value)
 
     def text(self, value: str) -> str:
-        """A string made safe: redacted, URL passwords hidden, surrogates replaced."""
+        """A string made safe: credentials hidden, redacted, surrogates replaced."""
+        value = self.scrub(value)
         if self.redactors:
             value = redact_text(value, self.redactors)
-        return fix_text(scrub_url_userinfo(value))
+        return fix_text(value)
+
+    def _scrub_embedded_json(self, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except (ValueError, RecursionError):
+            return value
+        if not isinstance(parsed, dict | list):
+            return value
+        outer, self._hidden = self._hidden, False
+        self._embedded += 1
+        try:
+            cleaned = self.clean(parsed)
+            hidden = self._hidden
+        finally:
+            self._embedded -= 1
+            self._hidden = outer or self._hidden
+        if not hidden:
+            return value
+        return json.dumps(cleaned, ensure_ascii=False, separators=(",", ":"))
 
     def clean(self, value: Any, depth: int = 0) -> Any:
         """A JSON-serialisable copy of ``value`` (see the module docstring)."""
@@ -145,10 +188,14 @@ class Cleaner:
             self.clipped = True
             return DEPTH_MARKER
         if isinstance(value, Mapping):
-            return {
-                self.key(k): REDACTED if is_credential_key(k) else self.clean(v, depth + 1)
-                for k, v in value.items()
-            }
+            cleaned = {}
+            for k, v in value.items():
+                if is_credential_key(k):
+                    self._hidden = True
+                    cleaned[self.key(k)] = REDACTED
+                else:
+                    cleaned[self.key(k)] = self.clean(v, depth + 1)
+            return cleaned
         if isinstance(value, list | tuple):
             return [self.clean(item, depth + 1) for item in value]
         return self.text(_as_text(value))

@@ -7,7 +7,7 @@ never from configuration, because ``llm_config`` may name another endpoint than 
 ========================  ==========================================================
 shape                     recognised by
 ========================  ==========================================================
-``openai.chat_completions``  ``choices`` list (response) / ``messages`` (request)
+``openai.chat_completions``  ``choices`` (response) / ``messages`` (request)
 ``openai.responses``      ``object: "response"`` or an ``output`` list / ``input``
 ``anthropic.messages``    ``type: "message"`` with a ``content`` list / ``system``,
                           ``thinking``, ``stop_sequences``, ``top_k``, Anthropic blocks
@@ -90,13 +90,13 @@ def response_shape(body: dict[str, Any]) -> Shape:
     content = body.get("content")
     if isinstance(content, dict) and any(key in content for key in _STREAM_CONTENT_KEYS):
         return Shape.LETTA_STREAM
-    if isinstance(body.get("choices"), list) or body.get("object") == "chat.completion":
+    if "choices" in body or body.get("object") == "chat.completion":
         return Shape.OPENAI_CHAT
     if body.get("object") == "response" or isinstance(body.get("output"), list):
         return Shape.OPENAI_RESPONSES
     if isinstance(content, list) and (body.get("type") == "message" or "stop_reason" in body):
         return Shape.ANTHROPIC
-    if isinstance(body.get("candidates"), list) or isinstance(body.get("usageMetadata"), dict):
+    if "candidates" in body or "usageMetadata" in body:
         return Shape.GOOGLE
     if body.get("error") or body.get("type") == "error":
         return Shape.ERROR
@@ -109,12 +109,12 @@ def request_shape(body: dict[str, Any], response: Shape) -> Shape:
         return Shape.GOOGLE
     if "input" in body and "messages" not in body:
         return Shape.OPENAI_RESPONSES
-    messages = body.get("messages")
-    if not isinstance(messages, list):
+    if "messages" not in body:
         return response if response in (Shape.GOOGLE, Shape.OPENAI_RESPONSES) else Shape.UNKNOWN
     if response is Shape.ANTHROPIC or not _ANTHROPIC_REQUEST_KEYS.isdisjoint(body):
         return Shape.ANTHROPIC
-    for message in messages:
+    messages = body["messages"]
+    for message in messages if isinstance(messages, list) else ():
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(
             isinstance(block, dict) and block.get("type") in _ANTHROPIC_BLOCK_TYPES
