@@ -416,3 +416,25 @@ def test_convert_package_is_pure():
                 assert name.split(".")[0] not in forbidden, (module.name, name)
         assert "datetime.now" not in module.read_text()
         assert "open(" not in module.read_text()
+
+
+def test_a_bug_inside_the_converter_still_yields_a_span(monkeypatch):
+    import exporter.convert._spans as spans_module
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(spans_module, "read_response", broken)
+    monkeypatch.setattr(spans_module, "run_timing", broken)
+    span = convert_trace(trace(run_id=RUN_ID), resource=RESOURCE)
+    assert span.attributes["letta.convert.warnings"] == (
+        "internal error converting this trace: RuntimeError",
+    )
+    assert span.context.trace_id == RUN_UUID
+    assert span.parent.span_id == run_span_id_for(RUN_ID)
+    assert span.end_time == T0_NS
+    run_span = convert_run(the_run(), resource=RESOURCE)
+    assert run_span.context.span_id == run_span_id_for(RUN_ID)
+    assert run_span.attributes["letta.convert.warnings"] == (
+        "internal error converting this run: RuntimeError",
+    )

@@ -106,6 +106,10 @@ def _homogeneous(items: Sequence[Any]) -> tuple[Any, ...] | None:
     return tuple(items)
 
 
+def _is_mapping(value: Any) -> bool:
+    return not isinstance(value, str | int | float | list | tuple) and isinstance(value, Mapping)
+
+
 class SpanAttributes:
     """The attributes of one span under construction, plus the warnings met on the way.
 
@@ -203,13 +207,32 @@ class SpanAttributes:
         if budget[0] <= 0:
             budget[0] = -1
             return
-        if isinstance(value, Mapping) and depth < MAX_FLATTEN_DEPTH:
+        values = self.values
+        if isinstance(value, dict) or _is_mapping(value):
+            if depth >= MAX_FLATTEN_DEPTH:
+                budget[0] -= 1
+                self.put_json(key, cleaner.clean(value), markers=True)
+                return
             for sub_key, sub_value in value.items():
-                name = f"{key}.{cleaner.key(sub_key)}"
+                if sub_value is None:
+                    continue
+                plain = type(sub_key) is str and sub_key.isascii()
+                name = f"{key}.{sub_key if plain else cleaner.key(sub_key)}"
                 if is_credential_key(sub_key):
-                    if sub_value is not None:
-                        budget[0] -= 1
-                        self.values[name] = REDACTED
+                    budget[0] -= 1
+                    values[name] = REDACTED
+                    continue
+                kind = type(sub_value)
+                # Inline the common scalar cases: this loop runs for every llm_config key.
+                if (
+                    kind is str
+                    or kind is bool
+                    or (kind is int and INT64_MIN <= sub_value <= INT64_MAX)
+                ):
+                    budget[0] -= 1
+                    if budget[0] < 0:
+                        return
+                    values[name] = cleaner.scrub(sub_value) if kind is str else sub_value
                     continue
                 self._flatten(name, sub_value, cleaner, depth + 1, budget)
                 if budget[0] < 0:
@@ -241,10 +264,14 @@ class SpanAttributes:
             if cut:
                 truncated.append(key)
         json_keys = self._json.keys()
+        redactors = self.redactors
+        quarter = limit // 4
         for key, value in self.values.items():
             if key in json_keys:
                 continue
             if isinstance(value, str):
+                if not redactors and len(value) <= quarter and value.isascii() and "@" not in value:
+                    continue  # the common case: nothing to redact, hide, fix or cut
                 text, cut = self._fit(value, limit)
                 if text is not value:
                     self.values[key] = text

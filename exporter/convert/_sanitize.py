@@ -20,6 +20,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
 __all__ = [
@@ -93,8 +94,12 @@ _SURROGATE: Final = re.compile("[\ud800-\udfff]")
 
 def is_credential_key(key: object) -> bool:
     """Whether a mapping key names a credential (its value must never be exported)."""
-    if not isinstance(key, str):
-        return False
+    return isinstance(key, str) and _is_credential_name(key)
+
+
+@lru_cache(maxsize=8192)
+def _is_credential_name(key: str) -> bool:
+    # Cached: the same few hundred keys (llm_config, usage, message fields) come back each trace.
     name = key.strip().lower().replace("-", "_")
     return name in _CREDENTIAL_KEYS or name.endswith(_CREDENTIAL_SUFFIXES)
 

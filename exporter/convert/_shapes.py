@@ -114,7 +114,10 @@ def request_shape(body: dict[str, Any], response: Shape) -> Shape:
     if response is Shape.ANTHROPIC or not _ANTHROPIC_REQUEST_KEYS.isdisjoint(body):
         return Shape.ANTHROPIC
     messages = body["messages"]
-    for message in messages if isinstance(messages, list) else ():
+    # Anthropic-only blocks show up early (tool_use/thinking) or late (the newest turn); a
+    # bounded look keeps detection O(1) in the history's length.
+    sample = messages[:8] + messages[-8:] if isinstance(messages, list) else ()
+    for message in sample:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list) and any(
             isinstance(block, dict) and block.get("type") in _ANTHROPIC_BLOCK_TYPES

@@ -180,6 +180,21 @@ def convert_run(
     Returns:
         The span (kind INTERNAL, status ERROR when the run failed). Never raises.
     """
+    try:
+        return _convert_run(run, agent, first_start_ns, last_end_ns, step_count, options, resource)
+    except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; say what happened
+        return _fallback_run_span(run, resource, exc)
+
+
+def _convert_run(
+    run: Run,
+    agent: Agent | None,
+    first_start_ns: int | None,
+    last_end_ns: int | None,
+    step_count: int,
+    options: ConvertOptions,
+    resource: Resource,
+) -> ReadableSpan:
     out = SpanAttributes(options.redactors, options.max_bytes)
     cleaner = Cleaner(options.redactors)
     agent_id = run.agent_id or (agent.id if agent else None)
@@ -380,8 +395,6 @@ def _convert_trace(
     if agent is not None:
         _convert_agent(agent, out, cleaner, description=False)
         out.put_str(sc.GEN_AI_AGENT_NAME, agent.name)
-        if sc.LETTA_AGENT_TAGS not in values and agent.tags is not None:
-            out.put_strs(sc.LETTA_AGENT_TAGS, agent.tags)
     if run is not None:
         out.put_str(sc.GEN_AI_CONVERSATION_ID, run.conversation_id)
 
@@ -497,8 +510,8 @@ def _convert_agent(
     out.put_str(sc.LETTA_AGENT_NAME, agent.name)
     out.put_str(sc.LETTA_AGENT_TYPE, agent.agent_type)
     out.put_str(sc.LETTA_AGENT_PROJECT_ID, agent.project_id)
-    if agent.tags is not None:
-        out.put_strs(sc.LETTA_AGENT_TAGS, agent.tags)
+    if agent.tags is not None and sc.LETTA_AGENT_TAGS not in out.values:
+        out.put_strs(sc.LETTA_AGENT_TAGS, agent.tags)  # the trace's own tags win
     extra = agent.model_extra or {}
     if description:
         # The invoke_agent span describes the agent: its description and model, when known.
@@ -568,6 +581,33 @@ def _fallback_span(trace: ProviderTrace, resource: Resource, exc: Exception) -> 
         resource=resource,
         attributes=attributes,
         kind=SpanKind.CLIENT,
+        start_time=when,
+        end_time=when,
+        instrumentation_scope=SCOPE,
+    )
+
+
+def _fallback_run_span(run: Run, resource: Resource, exc: Exception) -> ReadableSpan:
+    """A minimal run span when building it failed (a bug): ids and the reason."""
+    run_id = run.id if isinstance(run.id, str) else "anonymous"
+    try:
+        when = datetime_to_ns(run.created_at) or 0
+    except (TypeError, AttributeError, OverflowError):
+        when = 0
+    return ReadableSpan(
+        name=sc.OP_INVOKE_AGENT,
+        context=SpanContext(
+            trace_id_for_run(run_id), run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED
+        ),
+        resource=resource,
+        attributes={
+            sc.GEN_AI_OPERATION_NAME: sc.OP_INVOKE_AGENT,
+            sc.LETTA_RUN_ID: run_id,
+            sc.LETTA_CONVERT_WARNINGS: (
+                f"internal error converting this run: {type(exc).__name__}",
+            ),
+        },
+        kind=SpanKind.INTERNAL,
         start_time=when,
         end_time=when,
         instrumentation_scope=SCOPE,
