@@ -44,7 +44,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(  # noqa: PLW1510
+    return subprocess.run(
         [*CLI, *args],
         env=env,
         capture_output=True,

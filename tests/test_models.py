@@ -31,7 +31,8 @@ def test_recorded_traces_parse_from_bytes(path):
     trace = parse_trace_body(raw)
     assert trace is not None
     assert trace.id == json.loads(raw)["id"]
-    assert trace.created_at is not None and trace.created_at.tzinfo is not None
+    assert trace.created_at is not None
+    assert trace.created_at.tzinfo is not None
     # Self-hosted 0.16.8 sends neither latency nor billing context.
     assert trace.latency_ms is None
     assert trace.billing_context is None
@@ -78,7 +79,8 @@ def test_runs_pages_parse_and_naive_times_are_utc():
     run = parse_record(Run, (LETTA / "runs" / "run_retrieve_example.json").read_bytes())
     assert run.is_finished
     metrics = parse_record(RunMetrics, (LETTA / "runs" / "run_metrics_example.json").read_bytes())
-    assert metrics.run_start_ns and metrics.run_ns
+    assert metrics.run_start_ns
+    assert metrics.run_ns
 
 
 def test_null_trace_body_means_no_trace():
@@ -101,7 +103,8 @@ def test_wrong_type_names_the_trace_and_the_field():
         parse_trace_body(raw)
     assert info.value.record_id == "provider_trace-11d1cbfe-8b93-47b4-a12c-36d8feb6b008"
     assert info.value.field == "latency_ms"
-    assert "provider_trace-11d1cbfe" in str(info.value) and "latency_ms" in str(info.value)
+    assert "provider_trace-11d1cbfe" in str(info.value)
+    assert "latency_ms" in str(info.value)
 
 
 def test_bad_id_pattern_and_missing_bodies_are_errors():
