@@ -60,7 +60,9 @@ async def export_traces(
         batch.append(span)
         ids.append(trace.id or trace.step_id or "")
         if trace.run_id:
-            run = runs.setdefault(trace.run_id, OpenRun(run_id=trace.run_id, agent_id=trace.agent_id))
+            run = runs.setdefault(
+                trace.run_id, OpenRun(run_id=trace.run_id, agent_id=trace.agent_id)
+            )
             run.add(trace.id or "", span.start_time, span.end_time)
         if len(batch) >= options.batch_size:
             await shipper.ship(batch, ids, summary)
@@ -82,8 +84,12 @@ async def export_traces(
         ]
         for start in range(0, len(parents), options.batch_size):
             chunk = parents[start : start + options.batch_size]
-            await shipper.ship(chunk, [r.run_id for r in runs.values()][start : start + len(chunk)],
-                               summary, kind="run")
+            await shipper.ship(
+                chunk,
+                [r.run_id for r in runs.values()][start : start + len(chunk)],
+                summary,
+                kind="run",
+            )
     if on_progress is not None:
         on_progress(summary)
     return summary
