@@ -1,6 +1,8 @@
 """Serialising cleaned values and fitting them into an attribute size limit, keeping JSON valid.
 
-A JSON attribute that is too large is shrunk in steps, each tried before the next:
+A JSON attribute that is too large is shrunk in steps, each tried before the next (strings
+longer than the limit, and lists longer than it has room for, are cut once up front so that each
+try serialises little):
 
 1. long strings are cut (binary search on the longest length that fits), each cut string ending
    in ``...[truncated]``;
@@ -59,23 +61,30 @@ def fit_json(value: Any, max_bytes: int, *, markers: bool) -> tuple[str, bool]:
     Returns:
         Valid JSON text and whether anything was left out.
     """
-    text = dumps(value)
+    text = dumps(value)  # the common case: it fits
     if utf8_len(text) <= max_bytes:
         return text, False
-    longest = _longest_string(value)
+    longest, widest = _extent(value)
+    # A string longer than the limit, or a container with more items than the limit has bytes
+    # for, cannot fit whole: cut those once, so each try below serialises little.
+    item_cap = max_bytes // 2
+    if longest > max_bytes or widest > item_cap:
+        value = _shrink(
+            value, min(longest, max_bytes), item_cap if widest > item_cap else None, markers=markers
+        )
+        longest, widest = min(longest, max_bytes), min(widest, item_cap)
     if longest > _MIN_STRING_CHARS:
         found = _search(
             _MIN_STRING_CHARS,
-            longest - 1,
+            longest,
             lambda cap: dumps(_shrink(value, cap, None, markers=markers)),
             max_bytes,
         )
         if found is not None:
             return found, True
-    widest = _widest_container(value)
     found = _search(
         0,
-        max(widest - 1, 0),
+        widest,
         lambda cap: dumps(_shrink(value, _MIN_STRING_CHARS, cap, markers=markers)),
         max_bytes,
     )
@@ -116,29 +125,18 @@ def _shrink(value: Any, string_cap: int, item_cap: int | None, *, markers: bool)
     return value
 
 
-def _longest_string(value: Any) -> int:
-    longest = 0
+def _extent(value: Any) -> tuple[int, int]:
+    """The longest string and the widest list or object in ``value``."""
+    longest = widest = 0
     stack = [value]
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             longest = max(longest, len(item))
         elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.values())
-    return longest
-
-
-def _widest_container(value: Any) -> int:
-    widest = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, list):
             widest = max(widest, len(item))
             stack.extend(item)
         elif isinstance(item, dict):
             widest = max(widest, len(item))
             stack.extend(item.values())
-    return widest
+    return longest, widest

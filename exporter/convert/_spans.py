@@ -11,6 +11,7 @@ instead, linked to the run span (``letta.run.trace_id`` / ``letta.run.span_id`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
@@ -279,6 +280,46 @@ def _record_key(
     return f"anonymous:{step_id}:{run_id}:{trace.call_type}:{created}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """Where an LLM span sits: its own context, its parent, its links."""
+
+    context: SpanContext
+    parent: SpanContext | None
+    links: tuple[Link, ...]
+
+
+def _identity(
+    record_key: str,
+    step_id: str | None,
+    run_id: str | None,
+    letta_trace: str | None,
+    out: SpanAttributes,
+) -> _Identity:
+    """The run's trace with the run span as parent; else a trace of its own (or Letta's)."""
+    span_id = span_id_for(record_key)
+    parent: SpanContext | None = None
+    links: tuple[Link, ...] = ()
+    if run_id:
+        trace_id = trace_id_for_run(run_id)
+        parent = SpanContext(
+            trace_id, run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED
+        )
+    else:
+        trace_id = trace_id_for_record(step_id or record_key)
+    letta_trace_id = parse_trace_id_hex(letta_trace)
+    if letta_trace_id is not None:
+        # Joined: a root in the Letta server's trace (its span ids are not recorded), linked to
+        # the run span, whose ids the attributes keep so the run can still be found.
+        if parent is not None:
+            links = (Link(parent, {sc.LETTA_LINK_KIND: "run"}),)
+            out.values[sc.LETTA_RUN_TRACE_ID] = f"{parent.trace_id:032x}"
+            out.values[sc.LETTA_RUN_SPAN_ID] = f"{parent.span_id:016x}"
+        trace_id, parent = letta_trace_id, None
+    context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED)
+    return _Identity(context, parent, links)
+
+
 def _convert_trace(
     trace: ProviderTrace, ctx: TraceContext, options: ConvertOptions, resource: Resource
 ) -> ReadableSpan:
@@ -301,26 +342,10 @@ def _convert_trace(
     agent_id = _first_str(
         trace.agent_id, step.agent_id if step else None, agent.id if agent else None
     )
-    record_key = _record_key(trace, step_id, run_id, out)
-    span_id = span_id_for(record_key)
-    parent: SpanContext | None = None
-    links: tuple[Link, ...] = ()
-    if run_id:
-        trace_id = trace_id_for_run(run_id)
-        parent = SpanContext(
-            trace_id, run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED
-        )
-    else:
-        trace_id = trace_id_for_record(step_id or record_key)
-    letta_trace_id = (
-        parse_trace_id_hex(step.trace_id) if (options.join_letta_traces and step) else None
+    letta_trace = step.trace_id if (options.join_letta_traces and step) else None
+    identity = _identity(
+        _record_key(trace, step_id, run_id, out), step_id, run_id, letta_trace, out
     )
-    if letta_trace_id is not None:
-        if parent is not None:
-            links = (Link(parent, {sc.LETTA_LINK_KIND: "run"}),)
-            values[sc.LETTA_RUN_TRACE_ID] = f"{parent.trace_id:032x}"
-            values[sc.LETTA_RUN_SPAN_ID] = f"{parent.span_id:016x}"
-        trace_id, parent = letta_trace_id, None
 
     # What API, which provider, where.
     resp_shape = response_shape(response)
@@ -407,12 +432,12 @@ def _convert_trace(
         out.warn("content: nesting deeper than the limit was replaced by a marker")
 
     return ReadableSpan(
-        name=f"{operation} {model}" if model else operation,
-        context=SpanContext(trace_id, span_id, is_remote=False, trace_flags=_SAMPLED),
-        parent=parent,
+        name=out.fit_text(f"{operation} {model}") if model else operation,
+        context=identity.context,
+        parent=identity.parent,
         resource=resource,
         attributes=out.finish(),
-        links=links,
+        links=identity.links,
         kind=SpanKind.CLIENT,
         status=status,
         start_time=timing.start_ns,
@@ -536,9 +561,8 @@ def _run_error_message(run: Run) -> str | None:
     error = run.metadata.get("error") if isinstance(run.metadata, dict) else None
     if isinstance(error, str) and error:
         return error
-    if isinstance(error, dict) and isinstance(error.get("message"), str):
-        return error["message"]
-    return None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else None
 
 
 def _run_error_type(run: Run, message: str | None) -> str:
