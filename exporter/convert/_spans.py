@@ -24,7 +24,7 @@ from exporter import __version__
 from exporter.models import Agent, ProviderTrace, Run, Step, StepMetrics
 
 from . import _semconv as sc
-from ._attributes import SpanAttributes
+from ._attributes import INT64_MAX, SpanAttributes
 from ._content import add_content
 from ._ids import (
     parse_trace_id_hex,
@@ -125,8 +125,14 @@ def build_resource(
         sc.TELEMETRY_SDK_VERSION: sdk_version,
     }
     for key, value in (attributes or {}).items():
-        if isinstance(key, str) and key and isinstance(value, str | bool | int | float):
+        if not (isinstance(key, str) and key):
+            continue
+        if isinstance(value, bool | float | str) or (
+            isinstance(value, int) and -INT64_MAX - 1 <= value <= INT64_MAX
+        ):
             values[key] = value
+        else:
+            values[key] = str(value)
     values[sc.SERVICE_NAME] = service_name or "letta"
     return Resource(values, schema_url=sc.SCHEMA_URL)
 
@@ -211,7 +217,8 @@ def _convert_run(
     out.put_str(sc.LETTA_AGENT_ID, agent_id)
     out.put_str(sc.LETTA_RUN_STATUS, run.status)
     out.put_str(sc.LETTA_RUN_STOP_REASON, run.stop_reason)
-    values[sc.LETTA_RUN_STEP_COUNT] = max(step_count, 0) if isinstance(step_count, int) else 0
+    count = step_count if isinstance(step_count, int) and not isinstance(step_count, bool) else 0
+    values[sc.LETTA_RUN_STEP_COUNT] = min(max(count, 0), INT64_MAX)
     if run.created_at is not None:
         values[sc.LETTA_RUN_CREATED_AT] = run.created_at.isoformat()
     if run.completed_at is not None:
@@ -519,6 +526,8 @@ def _convert_step(step: Step, out: SpanAttributes, cleaner: Cleaner) -> None:
     out.flatten("letta.step.prompt_tokens_details", step.prompt_tokens_details, cleaner)
     out.flatten("letta.step.completion_tokens_details", step.completion_tokens_details, cleaner)
     out.put_str(sc.LETTA_STEP_ERROR_MESSAGE, _step_error_message(step))
+    if step.created_at is not None:
+        out.values["letta.step.created_at"] = step.created_at.isoformat()
 
 
 def _convert_metrics(metrics: StepMetrics, out: SpanAttributes) -> None:
