@@ -373,7 +373,7 @@ async def _export(
     except UndeliveredError as exc:
         error = str(exc)
         summary.undelivered += len(exc.trace_ids)
-        summary.failures.append(str(exc))
+        summary.fail(str(exc))
     finally:
         exporter.shutdown()
     return summary, interrupted, error

@@ -31,6 +31,7 @@ __all__ = ["ExportSummary", "RateLimitedLog", "Shipper", "Stopped", "Undelivered
 _logger = logging.getLogger(__name__)
 
 _LOG_EVERY: Final = 60.0  # seconds between repeats of the same failure log
+MAX_NAMED_FAILURES: Final = 100
 
 
 class Stopped(Exception):  # noqa: N818 - a signal, not an error
@@ -65,7 +66,13 @@ class ExportSummary:
     rejected: int = 0
     undelivered: int = 0
     skipped_shard: int = 0
+    #: The first failures, by name (the dead-letter file has them all; memory stays bounded).
     failures: list[str] = field(default_factory=list)
+
+    def fail(self, text: str) -> None:
+        """Name a failure in the summary (the first ``MAX_NAMED_FAILURES`` are kept)."""
+        if len(self.failures) < MAX_NAMED_FAILURES:
+            self.failures.append(text)
 
     @property
     def ok(self) -> bool:
@@ -84,7 +91,8 @@ class ExportSummary:
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.pending = other.pending
-        self.failures.extend(other.failures)
+        for text in other.failures:
+            self.fail(text)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -183,7 +191,7 @@ class Shipper:
         if delivery.permanent:
             summary.undelivered += sent
             self._metrics.traces_failed.labels(reason="refused").inc(sent)
-            summary.failures.append(f"collector refused {sent} spans for good: {delivery.message}")
+            summary.fail(f"collector refused {sent} spans for good: {delivery.message}")
             self.dead_letter.write(
                 "refused",
                 message=delivery.message,
@@ -202,7 +210,7 @@ class Shipper:
             summary.rejected += delivery.rejected
             self._metrics.spans_rejected.inc(delivery.rejected)
             self._metrics.traces_failed.labels(reason="rejected").inc(delivery.rejected)
-            summary.failures.append(
+            summary.fail(
                 f"collector rejected {delivery.rejected} of {sent} spans: {delivery.message}"
             )
             _logger.error(

@@ -27,9 +27,9 @@ import logging
 import time
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from .checkpoint import Checkpoint, OpenRun, PendingStep, StreamState
 from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
-from .errors import RecordInvalidError, SourceError
+from .errors import RecordInvalidError, SourceError, SourceHTTPError
 from .models import Agent, ProviderTrace, Run, Step, StepMetrics
 from .shipping import ExportSummary, RateLimitedLog, Shipper, Stopped, wait_or_stop
 from .source import LettaClient, StepFilter
@@ -46,6 +46,8 @@ from .telemetry import DeadLetter, Metrics
 __all__ = ["Worker", "WorkerOptions", "in_shard"]
 
 _logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +115,16 @@ class _Batch:
     spans: list[ReadableSpan] = field(default_factory=list)
     entries: list[_Entry] = field(default_factory=list)
     last_position: str | None = None
+
+
+async def _unless_gone(call: Awaitable[T]) -> T | None:
+    """The record, or None when Letta answers 404 (deleted since it was listed)."""
+    try:
+        return await call
+    except SourceHTTPError as exc:
+        if exc.status_code == 404:
+            return None
+        raise
 
 
 def in_shard(step_id: str, shard: tuple[int, int] | None) -> bool:
@@ -328,14 +340,15 @@ class Worker:
             trace = await self._client.get_trace(item.step_id)
             step = item.step
             if step is None:
-                step = await self._client.get_step(item.step_id)
+                # A step asked again (its trace was null): it may have been deleted since.
+                step = await _unless_gone(self._client.get_step(item.step_id))
                 item.step = step
             metrics = None
             if trace is not None and trace.latency_ms is None:
                 metrics = await self._client.get_step_metrics(item.step_id)
-            run_id = (trace.run_id if trace else None) or step.run_id
+            run_id = (trace.run_id if trace else None) or (step.run_id if step else None)
             run = await self._run(run_id) if run_id else None
-            agent_id = (trace.agent_id if trace else None) or step.agent_id
+            agent_id = (trace.agent_id if trace else None) or (step.agent_id if step else None)
             agent = await self._client.get_agent(agent_id) if agent_id else None
         except RecordInvalidError as exc:
             return _Fetched(item, error=exc)
@@ -346,9 +359,10 @@ class Worker:
         )
 
     async def _run(self, run_id: str) -> Run:
+        """The run, once per pass; a run deleted meanwhile is known only by its id."""
         run = self._runs.get(run_id)
         if run is None:
-            run = await self._client.get_run(run_id)
+            run = await _unless_gone(self._client.get_run(run_id)) or Run(id=run_id, status="gone")
             self._runs[run_id] = run
         return run
 
@@ -367,7 +381,7 @@ class Worker:
         entry.agent_id = step.agent_id if step else None
         if fetched.error is not None:
             summary.invalid += 1
-            summary.failures.append(f"{item.step_id}: {fetched.error}")
+            summary.fail(f"{item.step_id}: {fetched.error}")
             self._metrics.traces_failed.labels(reason="invalid").inc()
             self._dead_letter.write("invalid", step_id=item.step_id, error=str(fetched.error))
             _logger.error(
@@ -461,7 +475,8 @@ class Worker:
         done: list[str] = []
         for open_run in list(state.open_runs.values()):
             run = await self._run(open_run.run_id)
-            if not final and (not run.is_finished or open_run.run_id in waiting):
+            gone = run.status == "gone"
+            if not final and not gone and (not run.is_finished or open_run.run_id in waiting):
                 continue
             agent = await self._client.get_agent(run.agent_id or open_run.agent_id or "")
             spans.append(

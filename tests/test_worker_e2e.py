@@ -413,3 +413,29 @@ async def test_since_until_window_and_agent_filter(tmp_path):
         settings = settings_for(letta, rx, tmp_path, since=old, agent_ids=[agent])
         async with make_worker(settings) as worker:
             assert (await worker.export_window()).exported == 1
+
+
+async def test_step_and_run_deleted_meanwhile_do_not_stall_the_sidecar(tmp_path):
+    store, agent, run = _run_store(status="running")
+    kept = _add_step(store, run, agent, 1)
+    _add_step(store, run, agent, 2)
+    held = store.step_ids()[1]
+    with FakeLetta(store, flavour="cloud") as letta, OtlpReceiver() as rx:
+        letta.hold_traces(held)
+        settings = settings_for(letta, rx, tmp_path, trace_settle_seconds=0.3)
+        async with make_worker(settings, one_shot=False) as worker:
+            await worker.run_pass()
+            assert list(worker.state.pending) == [held]
+            # Both the held step and its run are deleted: 404 from their routes from now on.
+            letta.fail(404, times=None, path=rf"^/v1/steps/{held}$")
+            letta.fail(404, times=None, path=rf"^/v1/runs/{run}$")
+            await worker.run_pass()
+            await asyncio.sleep(0.35)
+            summary = await worker.run_pass()
+        spans = rx.spans()
+    assert summary.missing == 1
+    assert not worker.state.pending
+    assert not worker.state.open_runs
+    parent = next(s for s in spans if s.name.startswith("invoke_agent"))
+    assert parent.attributes["letta.run.id"] == run
+    assert _hex_span(kept) in {s.span_id for s in spans}
