@@ -29,7 +29,7 @@ import zlib
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -48,6 +48,10 @@ __all__ = ["Worker", "WorkerOptions", "in_shard"]
 _logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Passes in a row that may stop on the same step's trace (HTTP 5xx after retries) before that
+#: step is reported as unreadable and skipped.
+_POISON_PASSES: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +203,7 @@ class Worker:
             on_wait=self._beat,
         )
         self._source_retries = 0
+        self._poisoned: dict[str, int] = {}
         self.heartbeat = clock()
         self.passes = 0
 
@@ -352,6 +357,15 @@ class Worker:
             agent = await self._client.get_agent(agent_id) if agent_id else None
         except RecordInvalidError as exc:
             return _Fetched(item, error=exc)
+        except SourceHTTPError as exc:
+            # Letta keeps failing on this one step (the client already retried): after a few
+            # passes that stopped on it, report it and move on rather than stall forever.
+            failures = self._poisoned.get(item.step_id, 0) + 1
+            self._poisoned[item.step_id] = failures
+            if exc.status_code < 500 or failures < _POISON_PASSES:
+                raise
+            return _Fetched(item, error=exc)
+        self._poisoned.pop(item.step_id, None)
         return _Fetched(
             item,
             trace=trace,
@@ -380,10 +394,11 @@ class Worker:
         entry.run_id = step.run_id if step else None
         entry.agent_id = step.agent_id if step else None
         if fetched.error is not None:
+            reason = "invalid" if isinstance(fetched.error, RecordInvalidError) else "unreadable"
             summary.invalid += 1
             summary.fail(f"{item.step_id}: {fetched.error}")
-            self._metrics.traces_failed.labels(reason="invalid").inc()
-            self._dead_letter.write("invalid", step_id=item.step_id, error=str(fetched.error))
+            self._metrics.traces_failed.labels(reason=reason).inc()
+            self._dead_letter.write(reason, step_id=item.step_id, error=str(fetched.error))
             _logger.error(
                 "step %s: %s (written to the dead-letter file)", item.step_id, fetched.error
             )

@@ -13,6 +13,7 @@ import pytest
 
 from exporter import wiring
 from exporter.convert import span_id_for, trace_id_for_run
+from exporter.errors import SourceHTTPError
 from exporter.settings import Settings
 from exporter.shipping import UndeliveredError
 from exporter.sink import build_exporter
@@ -439,3 +440,26 @@ async def test_step_and_run_deleted_meanwhile_do_not_stall_the_sidecar(tmp_path)
     parent = next(s for s in spans if s.name.startswith("invoke_agent"))
     assert parent.attributes["letta.run.id"] == run
     assert _hex_span(kept) in {s.span_id for s in spans}
+
+
+async def test_a_trace_letta_always_fails_on_is_reported_after_a_few_passes(tmp_path):
+    store, agent, run = _run_store(status="completed")
+    traces = [_add_step(store, run, agent, n) for n in (1, 2, 3)]
+    broken = store.step_ids()[1]
+    with FakeLetta(store, flavour="cloud") as letta, OtlpReceiver() as rx:
+        letta.fail(500, times=None, path=rf"^/v1/steps/{broken}/trace$")
+        settings = settings_for(letta, rx, tmp_path, max_retries=1, batch_size=1)
+        async with make_worker(settings, one_shot=False) as worker:
+            for _ in range(2):  # the first passes stop on it: the cursor waits
+                with pytest.raises(SourceHTTPError):
+                    await worker.run_pass()
+                assert {s.span_id for s in rx.spans()} == {_hex_span(traces[0])}
+            summary = await worker.run_pass()
+        ids = {s.span_id for s in rx.spans()}
+    assert summary.invalid == 1
+    assert {_hex_span(traces[0]), _hex_span(traces[2])} <= ids
+    assert _hex_span(traces[1]) not in ids
+    (dead,) = _dead_letters(tmp_path / "dead.jsonl")
+    assert dead["reason"] == "unreadable"
+    assert dead["step_id"] == broken
+    assert "500" in dead["error"]
