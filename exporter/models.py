@@ -229,7 +229,8 @@ def _translate(
     loc = list(first.get("loc", ()))
     index: int | None = None
     if in_list and loc and isinstance(loc[0], int):
-        index = loc.pop(0)
+        index = loc[0]
+        loc = loc[1:]
     if first.get("type") == "json_invalid":
         return RecordInvalidError(model.__name__, None, None, f"not valid JSON ({first['msg']})")
     # Union members (``X | None``) add their type name to the location; keep only field names.

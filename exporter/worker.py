@@ -175,7 +175,7 @@ class Worker:
         on_progress: Callable[[ExportSummary], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._client: _Source = client  # type: ignore[assignment]
+        self._client: _Source = client
         self._exporter = exporter
         self._checkpoint = checkpoint
         self._state: StreamState = checkpoint.stream(stream)
@@ -288,9 +288,9 @@ class Worker:
                 yield _Item(step_id=step_id, step=None, position=None)
         if mode == "runs":
             for run in list(self._state.open_runs.values()):
-                async for step in self._client.list_run_steps(run.run_id, after=run.last_step_id):
-                    if step.id not in run.step_ids and fresh(step.id):
-                        yield self._item(step, None)
+                async for added in self._client.list_run_steps(run.run_id, after=run.last_step_id):
+                    if added.id not in run.step_ids and fresh(added.id):
+                        yield self._item(added, None)
         count = 0
         async for found in self._client.discover(self._filter, resume=self._state.cursor):
             step: Step = found.step

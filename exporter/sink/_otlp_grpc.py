@@ -141,7 +141,7 @@ def retry_delay(metadata: Sequence[tuple[str, str | bytes]] | None) -> float | N
                 return _seconds(error_details_pb2.RetryInfo.FromString(value))
             if key == _STATUS_DETAILS_KEY:
                 for detail in status_pb2.Status.FromString(value).details:
-                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                    if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):  # type: ignore[arg-type]
                         info = error_details_pb2.RetryInfo()
                         detail.Unpack(info)
                         return _seconds(info)
@@ -244,7 +244,7 @@ class OtlpGrpcExporter(DeliveringExporter):
                 target, options=list(options.items()), compression=self._compression
             )
         )
-        self._stub = TraceServiceStub(self._channel)
+        self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     @property
     def secure(self) -> bool:

@@ -309,7 +309,9 @@ class OtlpReceiver:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _TraceService(self), server
+        )
         address = f"{self._host}:{self._grpc_port}"
 
         def bind() -> int:
@@ -655,14 +657,14 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         if not answer.ok:
             if answer.retry_after is not None:
                 context.set_trailing_metadata(
-                    [
+                    (
                         (
                             "grpc-status-details-bin",
                             _retry_info_trailer(
                                 answer.grpc_code, answer.message, answer.retry_after
                             ),
-                        )
-                    ]
+                        ),
+                    )
                 )
             context.set_code(answer.grpc_code)
             context.set_details(answer.message)
