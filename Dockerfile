@@ -11,7 +11,7 @@
 #     -v letta-otel-exporter-state:/var/lib/letta-otel-exporter \
 #     letta-otel-exporter
 #
-# Configuration is by environment only (see docs/configuration.md); a TOML file can be mounted
+# Configuration is by environment only (see the README's configuration reference); a TOML file can be mounted
 # and named with LETTA_EXPORTER_CONFIG. The checkpoint lives in the volume, so a restarted
 # container resumes where it stopped.
 

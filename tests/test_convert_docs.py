@@ -1,4 +1,4 @@
-"""docs/attributes.md lists every attribute the converter sets (checked on rich records)."""
+"""README.md lists every attribute the converter sets (checked on rich records)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from tests.test_convert_bodies import (
     RESPONSES_RESPONSE,
 )
 
-DOC = Path(__file__).parent.parent / "docs" / "attributes.md"
+DOC = Path(__file__).parent.parent / "README.md"
 RESOURCE = build_resource()
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

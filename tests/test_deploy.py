@@ -36,8 +36,8 @@ PROMETHEUS_FILE = CONFIG / "prometheus.yaml"
 DATASOURCES_FILE = CONFIG / "grafana/provisioning/datasources/datasources.yaml"
 DASHBOARDS_FILE = CONFIG / "grafana/provisioning/dashboards/dashboards.yaml"
 DASHBOARD_JSON = CONFIG / "grafana/dashboards/llm-calls.json"
-DEPLOY_DOC = ROOT / "docs/deploy.md"
-CONFIG_DOC = ROOT / "docs/configuration.md"
+DEPLOY_DOC = ROOT / "README.md"
+CONFIG_DOC = ROOT / "README.md"
 
 #: The ports third-party images listen on, from their documentation. The other services' ports
 #: are read from this repository's files (tempo.yaml, otel-collector.yaml, Settings).
@@ -978,8 +978,12 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_the_rest() -> None:
 
 
 def config_doc_rows() -> dict[str, str]:
+    """The rows of the README's configuration reference (its section only)."""
+    text = CONFIG_DOC.read_text(encoding="utf-8")
+    section = text[text.index("\n## Configuration reference") :]
+    section = section[: section.index("\n## ", 1)]
     rows = {}
-    for line in CONFIG_DOC.read_text(encoding="utf-8").splitlines():
+    for line in section.splitlines():
         match = re.match(r"^\|\s*`([a-z][a-z0-9_]*)`\s*\|", line)
         if match:
             rows[match.group(1)] = line
@@ -989,7 +993,7 @@ def config_doc_rows() -> dict[str, str]:
 @pytest.mark.parametrize("field", list(Settings.model_fields))
 def test_configuration_doc_has_every_setting(field: str) -> None:
     row = config_doc_rows().get(field)
-    assert row, f"docs/configuration.md has no row for {field}"
+    assert row, f"README.md has no row for {field}"
     for name in env_names(field):
         assert f"`{name}`" in row, f"{field}: the row does not name {name}"
 
@@ -1010,7 +1014,7 @@ def test_configuration_doc_flags_exist() -> None:
     }
     assert documented, "the table names the flags"
     assert documented <= options, (
-        f"flags in docs/configuration.md but not in the CLI: {documented - options}"
+        f"flags in README.md but not in the CLI: {documented - options}"
     )
 
 

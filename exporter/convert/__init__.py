@@ -3,7 +3,7 @@
 Everything the exporter knows about semantic conventions lives in this package. It reads no
 environment, does no I/O, logs nothing and reads no clock: every timestamp comes from the
 records, every id is derived from a record id, so converting twice gives the same spans.
-docs/attributes.md lists every attribute it sets.
+The README's span reference lists every attribute it sets.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ conventions v1.41.1, the version those documents link to, hence :data:`SCHEMA_UR
 We do not import these names from ``opentelemetry-semantic-conventions``: in 0.66b2 the GenAI
 names are marked deprecated ("moved to the GenAI repository") and their enums warn on import.
 
-Names under ``letta.`` are this project's own; docs/attributes.md lists every one of them.
+Names under ``letta.`` are this project's own; the README's span reference lists every one of them.
 """
 
 from __future__ import annotations
