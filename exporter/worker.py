@@ -26,9 +26,10 @@ import asyncio
 import logging
 import time
 import zlib
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypeVar
 
 from opentelemetry.sdk.resources import Resource
@@ -48,6 +49,12 @@ __all__ = ["Worker", "WorkerOptions", "in_shard"]
 _logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Runs remembered within a pass (looked up by each of their steps, then for the parent span).
+_RUN_CACHE_SIZE: Final = 4096
+#: Discovery must be this far past a finished run's completion before its parent span is shipped
+#: mid-pass (steps are created before their run completes; the margin absorbs clock skew).
+_RUN_PASSED_MARGIN: Final = timedelta(seconds=5)
 
 #: Passes in a row that may stop on the same step's trace (HTTP 5xx after retries) before that
 #: step is reported as unreadable and skipped.
@@ -188,7 +195,12 @@ class Worker:
         self._stop = stop
         self._on_progress = on_progress
         self._clock = clock
-        self._runs: dict[str, Run] = {}
+        self._runs: OrderedDict[str, Run] = OrderedDict()
+        self._run_loads: dict[str, asyncio.Future[Run]] = {}
+        self._mode = "steps"
+        # How far discovery got in this pass: the newest step time (steps) or the run (runs).
+        self._frontier: datetime | None = None
+        self._frontier_run: str | None = None
         self._total = ExportSummary()
         self._log = RateLimitedLog(_logger)
         self._shipper = Shipper(
@@ -230,7 +242,9 @@ class Worker:
         """
         summary = ExportSummary()
         self._runs.clear()
+        self._frontier = self._frontier_run = None
         mode = await self._client.discovery_mode()
+        self._mode = mode
         if self._state.mode not in (None, mode):
             _logger.warning(
                 "discovery changed from %s to %s: the saved cursor does not apply, starting over "
@@ -373,12 +387,32 @@ class Worker:
         )
 
     async def _run(self, run_id: str) -> Run:
-        """The run, once per pass; a run deleted meanwhile is known only by its id."""
+        """The run, once per pass; a run deleted meanwhile is known only by its id.
+
+        The steps of a run are fetched side by side, so concurrent lookups of one run share a
+        single request; the cache is bounded (a long backlog touches every run once).
+        """
         run = self._runs.get(run_id)
-        if run is None:
-            run = await _unless_gone(self._client.get_run(run_id)) or Run(id=run_id, status="gone")
-            self._runs[run_id] = run
+        if run is not None:
+            return run
+        loading = self._run_loads.get(run_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load_run(run_id))
+            self._run_loads[run_id] = loading
+            loading.add_done_callback(lambda done: self._loaded(run_id, done))
+        return await asyncio.shield(loading)
+
+    async def _load_run(self, run_id: str) -> Run:
+        run = await _unless_gone(self._client.get_run(run_id)) or Run(id=run_id, status="gone")
+        self._runs[run_id] = run
+        while len(self._runs) > _RUN_CACHE_SIZE:
+            self._runs.popitem(last=False)
         return run
+
+    def _loaded(self, run_id: str, done: asyncio.Future[Run]) -> None:
+        self._run_loads.pop(run_id, None)
+        if not done.cancelled():
+            done.exception()  # retrieved here: every waiter may have been cancelled
 
     async def _consume(
         self, fetched: _Fetched, batch: _Batch, summary: ExportSummary, mode: str
@@ -386,6 +420,7 @@ class Worker:
         item = fetched.item
         if item.position is not None:
             batch.last_position = item.position
+            self._advance_frontier(item.step, fetched.context.run if fetched.context else None)
         if not item.in_shard:
             return
         entry = _Entry(item=item)
@@ -481,6 +516,71 @@ class Worker:
             self._metrics.lag_seconds.set(max(0.0, self._clock() - last / 1e9))
         if self._on_progress is not None:
             self._on_progress(summary)
+        await self._ship_passed_runs(summary)
+
+    def _advance_frontier(self, step: Step | None, run: Run | None) -> None:
+        if step is None:
+            return
+        if self._mode == "runs":
+            self._frontier_run = step.run_id
+            return
+        # Lower bounds of the step's creation time: its own (newer servers) and its run's.
+        for when in (step.created_at, run.created_at if run is not None else None):
+            if when is not None and (self._frontier is None or when > self._frontier):
+                self._frontier = when
+
+    def _passed(self, run: Run) -> bool:
+        """Whether discovery went past every step of this finished run (so none can follow).
+
+        Runs discovery lists a run's steps together, so a run is passed once a step of another
+        run was discovered after it. Steps discovery goes by step time, a run's steps are all
+        created before it completes, and a step is created after its run (or at its own
+        ``created_at``): once discovery reached a step created surely after the run completed,
+        no step of that run can follow.
+        """
+        if self._mode == "runs":
+            return self._frontier_run is not None and run.id != self._frontier_run
+        return (
+            run.completed_at is not None
+            and self._frontier is not None
+            and self._frontier - run.completed_at > _RUN_PASSED_MARGIN
+        )
+
+    async def _ship_passed_runs(self, summary: ExportSummary) -> None:
+        """Ship, mid-pass, the parents of finished runs discovery has gone past.
+
+        Without this every run of a long backlog stays open until the end of the pass: memory
+        and the checkpoint (rewritten after every batch) would grow with the backlog.
+        """
+        state = self._state
+        if not state.open_runs:
+            return
+        waiting = {p.run_id for p in state.pending.values()}
+        ready: list[tuple[OpenRun, Run]] = []
+        for open_run in state.open_runs.values():
+            run = self._runs.get(open_run.run_id)  # runs not looked up this pass wait for its end
+            if run is None or open_run.run_id in waiting:
+                continue
+            if run.status == "gone" or (run.is_finished and self._passed(run)):
+                ready.append((open_run, run))
+        spans: list[ReadableSpan] = []
+        done: list[str] = []
+        for open_run, run in ready:
+            spans.append(await self._run_span(open_run, run))
+            done.append(open_run.run_id)
+        await self._ship_runs(spans, done, summary)
+
+    async def _run_span(self, open_run: OpenRun, run: Run) -> ReadableSpan:
+        agent = await self._client.get_agent(run.agent_id or open_run.agent_id or "")
+        return convert_run(
+            run,
+            agent=agent,
+            first_start_ns=open_run.first_start_ns,
+            last_end_ns=open_run.last_end_ns,
+            step_count=len(open_run.step_ids),
+            options=self._convert,
+            resource=self._resource,
+        )
 
     async def _ship_finished_runs(self, summary: ExportSummary, *, final: bool) -> None:
         """Ship the invoke_agent span of every run that can get no more spans."""
@@ -493,18 +593,7 @@ class Worker:
             gone = run.status == "gone"
             if not final and not gone and (not run.is_finished or open_run.run_id in waiting):
                 continue
-            agent = await self._client.get_agent(run.agent_id or open_run.agent_id or "")
-            spans.append(
-                convert_run(
-                    run,
-                    agent=agent,
-                    first_start_ns=open_run.first_start_ns,
-                    last_end_ns=open_run.last_end_ns,
-                    step_count=len(open_run.step_ids),
-                    options=self._convert,
-                    resource=self._resource,
-                )
-            )
+            spans.append(await self._run_span(open_run, run))
             done.append(open_run.run_id)
             if len(spans) >= self._options.batch_size:
                 await self._ship_runs(spans, done, summary)
@@ -533,7 +622,9 @@ class Worker:
                 await self.run_pass()
             except Stopped:
                 break
-            except SourceError as exc:
+            except (SourceError, RecordInvalidError) as exc:
+                # Letta down, or answering what it should not: nothing was lost (the checkpoint
+                # holds what was delivered); the next poll tries again.
                 self._log.warning("source", "pass failed, trying again next poll: %s", exc)
             self.heartbeat = self._clock()
             await self._sleep(poll_seconds)

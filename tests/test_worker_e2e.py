@@ -463,3 +463,24 @@ async def test_a_trace_letta_always_fails_on_is_reported_after_a_few_passes(tmp_
     assert dead["reason"] == "unreadable"
     assert dead["step_id"] == broken
     assert "500" in dead["error"]
+
+
+async def test_sidecar_survives_letta_down_and_garbage_then_catches_up(tmp_path, caplog):
+    with FakeLetta.from_fixtures(LETTA, flavour="cloud") as letta, OtlpReceiver() as rx:
+        letta.fail(503, times=None)
+        settings = settings_for(letta, rx, tmp_path, max_retries=0)
+        stop = asyncio.Event()
+        async with make_worker(settings, one_shot=False, stop=stop) as worker:
+            task = asyncio.create_task(worker.run_forever(poll_seconds=0.05))
+            for _ in range(200):
+                if "pass failed" in caplog.text:
+                    break
+                await asyncio.sleep(0.02)
+            letta.clear_faults()
+            letta.malformed(times=1, path=r"^/v1/steps/$", body=b'[{"id": 5}]')
+            delivered = await asyncio.to_thread(rx.wait_for, 22, 30)
+            stop.set()
+            await asyncio.wait_for(task, 10)
+    assert delivered
+    assert not task.exception()
+    assert "HTTP 503" in caplog.text
