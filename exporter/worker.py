@@ -336,9 +336,13 @@ class Worker:
         return run is not None and step.id in run.step_ids
 
     async def _fetch_ahead(self, items: AsyncIterator[_Item]) -> AsyncIterator[_Fetched]:
-        """Fetch up to ``2 x concurrency`` steps ahead, yielding results in discovery order."""
+        """Fetch up to ``4 x concurrency`` steps ahead, yielding results in discovery order.
+
+        Deep enough that the requests in flight stay at ``concurrency`` while the consumer waits
+        on one slow step or discovery fetches its next page; shallow enough to bound memory.
+        """
         window: deque[asyncio.Task[_Fetched]] = deque()
-        depth = max(2, self._options.concurrency * 2)
+        depth = max(2, self._options.concurrency * 4)
         try:
             async for item in items:
                 window.append(asyncio.create_task(self._fetch(item)))
@@ -355,6 +359,10 @@ class Worker:
     async def _fetch(self, item: _Item) -> _Fetched:
         if not item.in_shard:
             return _Fetched(item)
+        # The listed step names its run: ask for the run beside the trace, not after it (one
+        # round trip per step instead of two against a slow Letta).
+        early_run = item.step.run_id if item.step is not None else None
+        run_lookup = asyncio.ensure_future(self._run(early_run)) if early_run else None
         try:
             trace = await self._client.get_trace(item.step_id)
             step = item.step
@@ -366,7 +374,10 @@ class Worker:
             if trace is not None and trace.latency_ms is None:
                 metrics = await self._client.get_step_metrics(item.step_id)
             run_id = (trace.run_id if trace else None) or (step.run_id if step else None)
-            run = await self._run(run_id) if run_id else None
+            if run_lookup is not None and run_id == early_run:
+                run = await run_lookup
+            else:
+                run = await self._run(run_id) if run_id else None
             agent_id = (trace.agent_id if trace else None) or (step.agent_id if step else None)
             agent = await self._client.get_agent(agent_id) if agent_id else None
         except RecordInvalidError as exc:
@@ -379,6 +390,12 @@ class Worker:
             if exc.status_code < 500 or failures < _POISON_PASSES:
                 raise
             return _Fetched(item, error=exc)
+        finally:
+            if run_lookup is not None:
+                if not run_lookup.done():
+                    run_lookup.cancel()  # the shared load goes on for the other steps
+                elif not run_lookup.cancelled():
+                    run_lookup.exception()  # seen (or raised) above
         self._poisoned.pop(item.step_id, None)
         return _Fetched(
             item,

@@ -133,6 +133,12 @@ class _RecentIds:
             self._set.discard(self._order.popleft())
 
 
+def _forget(future: asyncio.Future[object]) -> None:
+    """Mark an abandoned read-ahead's outcome as seen (nobody waits for it any more)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _parse_steps(raw: bytes) -> list[Step]:
     return parse_records(Step, raw)
 
@@ -225,21 +231,35 @@ class Discovery:
         if filt.project_id is not None:
             params["project_id"] = filt.project_id
         previous: set[str] = {after} if after else set()
-        while True:
-            page_params = dict(params, after=after) if after else params
-            page = await self._requester.get_parsed(_STEPS_PATH, _parse_steps, page_params) or []
-            if not page:
-                return
-            if any(step.id in previous for step in page):
-                _logger.warning(
-                    "GET %s makes no progress after step %s; stopping this pass", _STEPS_PATH, after
-                )
-                return
-            for step in page:
-                if _matches(step, filt, by_time=True):
-                    yield DiscoveredStep(step=step, position=step.id)
-            previous = {step.id for step in page}
-            after = page[-1].id
+
+        async def fetch(cursor: str | None) -> list[Step]:
+            page_params = dict(params, after=cursor) if cursor else params
+            return await self._requester.get_parsed(_STEPS_PATH, _parse_steps, page_params) or []
+
+        ahead: asyncio.Future[list[Step]] | None = None
+        try:
+            page = await fetch(after)
+            while page:
+                if any(step.id in previous for step in page):
+                    _logger.warning(
+                        "GET %s makes no progress after step %s; stopping this pass",
+                        _STEPS_PATH,
+                        after,
+                    )
+                    return
+                previous = {step.id for step in page}
+                after = page[-1].id
+                # Ask for the next page while this one is handed out, so that the fetchers
+                # never wait a round trip for steps between two pages.
+                ahead = asyncio.ensure_future(fetch(after))
+                for step in page:
+                    if _matches(step, filt, by_time=True):
+                        yield DiscoveredStep(step=step, position=step.id)
+                page, ahead = await ahead, None
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                ahead.add_done_callback(_forget)
 
     async def _discover_runs(
         self, filt: StepFilter, where: tuple[str | None, str, datetime | None] | None
