@@ -310,7 +310,9 @@ class Worker:
             step: Step = found.step
             if self._stop.is_set():
                 return
-            if not fresh(step.id) or self._already_delivered(step):
+            # Discovery yields a step once: only the steps asked again above need remembering
+            # (a set of every id of a long backlog would grow with it).
+            if step.id in seen or self._already_delivered(step):
                 yield _Item(step_id=step.id, step=step, position=found.position, in_shard=False)
                 continue
             item = self._item(step, found.position)
