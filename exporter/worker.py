@@ -41,7 +41,7 @@ from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
 from .errors import RecordInvalidError, SourceError, SourceHTTPError
 from .models import Agent, ProviderTrace, Run, Step, StepMetrics
 from .shipping import ExportSummary, RateLimitedLog, Shipper, Stopped, wait_or_stop
-from .source import LettaClient, StepFilter
+from .source import LettaClient, RunLookup, StepFilter
 from .telemetry import DeadLetter, Metrics
 
 __all__ = ["Worker", "WorkerOptions", "in_shard"]
@@ -87,6 +87,7 @@ class _Source(Protocol):
     async def get_step(self, step_id: str) -> Step: ...
     async def get_step_metrics(self, step_id: str) -> StepMetrics | None: ...
     async def get_run(self, run_id: str) -> Run: ...
+    def list_runs(self, filt: StepFilter, *, after: Run | None = None) -> AsyncIterator[Run]: ...
     async def get_agent(self, agent_id: str) -> Agent | None: ...
 
 
@@ -197,6 +198,7 @@ class Worker:
         self._clock = clock
         self._runs: OrderedDict[str, Run] = OrderedDict()
         self._run_loads: dict[str, asyncio.Future[Run]] = {}
+        self._run_lookup = RunLookup(client, agent_ids=filt.agent_ids)
         self._mode = "steps"
         # How far discovery got in this pass: the newest step time (steps) or the run (runs).
         self._frontier: datetime | None = None
@@ -242,6 +244,9 @@ class Worker:
         """
         summary = ExportSummary()
         self._runs.clear()
+        # Run statuses change between passes: a fresh lookup (and its cache) per pass.
+        await self._run_lookup.aclose()
+        self._run_lookup = RunLookup(self._client, agent_ids=self._filter.agent_ids)
         self._frontier = self._frontier_run = None
         mode = await self._client.discovery_mode()
         self._mode = mode
@@ -308,6 +313,8 @@ class Worker:
         count = 0
         async for found in self._client.discover(self._filter, resume=self._state.cursor):
             step: Step = found.step
+            if found.run is not None:
+                self._run_lookup.put(found.run)  # runs discovery listed it: no request for it
             if self._stop.is_set():
                 return
             # Discovery yields a step once: only the steps asked again above need remembering
@@ -364,7 +371,8 @@ class Worker:
         # The listed step names its run: ask for the run beside the trace, not after it (one
         # round trip per step instead of two against a slow Letta).
         early_run = item.step.run_id if item.step is not None else None
-        run_lookup = asyncio.ensure_future(self._run(early_run)) if early_run else None
+        not_after = item.step.created_at if item.step is not None else None
+        run_lookup = asyncio.ensure_future(self._run(early_run, not_after)) if early_run else None
         try:
             trace = await self._client.get_trace(item.step_id)
             step = item.step
@@ -376,6 +384,7 @@ class Worker:
             if trace is not None and trace.latency_ms is None:
                 metrics = await self._client.get_step_metrics(item.step_id)
             run_id = (trace.run_id if trace else None) or (step.run_id if step else None)
+            run: Run | None
             if run_lookup is not None and run_id == early_run:
                 run = await run_lookup
             else:
@@ -405,7 +414,7 @@ class Worker:
             context=TraceContext(step=step, metrics=metrics, run=run, agent=agent),
         )
 
-    async def _run(self, run_id: str) -> Run:
+    async def _run(self, run_id: str, not_after: datetime | None = None) -> Run:
         """The run, once per pass; a run deleted meanwhile is known only by its id.
 
         The steps of a run are fetched side by side, so concurrent lookups of one run share a
@@ -416,13 +425,15 @@ class Worker:
             return run
         loading = self._run_loads.get(run_id)
         if loading is None:
-            loading = asyncio.ensure_future(self._load_run(run_id))
+            loading = asyncio.ensure_future(self._load_run(run_id, not_after))
             self._run_loads[run_id] = loading
             loading.add_done_callback(lambda done: self._loaded(run_id, done))
         return await asyncio.shield(loading)
 
-    async def _load_run(self, run_id: str) -> Run:
-        run = await _unless_gone(self._client.get_run(run_id)) or Run(id=run_id, status="gone")
+    async def _load_run(self, run_id: str, not_after: datetime | None = None) -> Run:
+        run = await self._run_lookup.get(run_id, not_after=not_after) or Run(
+            id=run_id, status="gone"
+        )
         self._runs[run_id] = run
         while len(self._runs) > _RUN_CACHE_SIZE:
             self._runs.popitem(last=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ._client import USER_AGENT, LettaClient
 from ._file import TraceFileReader, read_trace_file
 from ._retry import RetryPolicy, SourceStats
+from ._runs import RunLookup
 from ._types import DiscoveredStep, StepFilter
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "DiscoveredStep",
     "LettaClient",
     "RetryPolicy",
+    "RunLookup",
     "SourceStats",
     "StepFilter",
     "TraceFileReader",

@@ -178,9 +178,14 @@ class LettaClient:
         """A run's steps, oldest first, after step ``after`` when given."""
         return self._discovery.list_run_steps(run_id, after=after)
 
-    def list_runs(self, filt: StepFilter) -> AsyncIterator[Run]:
-        """Runs of the filter's agents created in its time window, oldest first."""
-        return self._discovery.list_runs(filt)
+    def list_runs(self, filt: StepFilter, *, after: Run | None = None) -> AsyncIterator[Run]:
+        """Runs of the filter's agents created in its time window, oldest first.
+
+        Args:
+            filt: agents and time window.
+            after: start right after this run (a page of runs costs one request, a run one).
+        """
+        return self._discovery.list_runs(filt, after=after)
 
     # ------------------------------------------------------------------ records
     async def get_trace(self, step_id: str) -> ProviderTrace | None:

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from ..errors import SourceError, SourceHTTPError
 from ..models import Run, Step, parse_record, parse_records
@@ -133,7 +133,7 @@ class _RecentIds:
             self._set.discard(self._order.popleft())
 
 
-def _forget(future: asyncio.Future[object]) -> None:
+def _forget(future: asyncio.Future[Any]) -> None:
     """Mark an abandoned read-ahead's outcome as seen (nobody waits for it any more)."""
     if not future.cancelled():
         future.exception()
@@ -280,7 +280,9 @@ class Discovery:
         async for run in self._iter_runs(filt, start=start):
             async for step in self._steps_of(run.id):
                 if _matches(step, filt, by_time=False):
-                    yield DiscoveredStep(step, encode_run_position(run, step.id, run.created_at))
+                    yield DiscoveredStep(
+                        step, encode_run_position(run, step.id, run.created_at), run=run
+                    )
 
     async def _run_of_step(self, step_id: str) -> tuple[str | None, datetime | None]:
         step = await self._requester.get_parsed(
@@ -335,9 +337,10 @@ class Discovery:
             previous = {step.id for step in page}
             after = page[-1].id
 
-    def list_runs(self, filt: StepFilter) -> AsyncIterator[Run]:
-        """Runs matching the filter's agents and time window, oldest first."""
-        return self._iter_runs(_aware(filt), start=None)
+    def list_runs(self, filt: StepFilter, *, after: Run | None = None) -> AsyncIterator[Run]:
+        """Runs matching the filter's agents and time window, oldest first (after ``after``)."""
+        start = (after.id, after.created_at) if after is not None else None
+        return self._iter_runs(_aware(filt), start=start)
 
     async def _iter_runs(
         self, filt: StepFilter, *, start: tuple[str, datetime | None] | None

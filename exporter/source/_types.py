@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..models import Step
+from ..models import Run, Step
 
 __all__ = ["DiscoveredStep", "StepFilter"]
 
@@ -38,7 +38,10 @@ class DiscoveredStep:
         step: the step as the list endpoint returned it.
         position: an opaque token; ``discover(filt, resume=position)`` continues right after
             this step. Store it as is (it is a short ASCII string).
+        run: the step's run when discovery listed it anyway (runs discovery), so the caller
+            need not ask for it again; ``None`` otherwise.
     """
 
     step: Step
     position: str
+    run: Run | None = None
