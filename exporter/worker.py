@@ -99,6 +99,7 @@ class _Item:
     step: Step | None
     position: str | None  # the discovery cursor after this step (None: not from discovery)
     in_shard: bool = True
+    seen: bool = False  # handled already (a step listed twice): only moves the cursor
 
 
 @dataclass(slots=True)
@@ -120,6 +121,8 @@ class _Entry:
     trace_id: str | None = None
     pending: PendingStep | None = None
     settled_missing: bool = False
+    #: Another shard exports this step, but this shard owns its run (and so its parent span).
+    foreign: bool = False
 
 
 @dataclass(slots=True)
@@ -320,7 +323,9 @@ class Worker:
             # Discovery yields a step once: only the steps asked again above need remembering
             # (a set of every id of a long backlog would grow with it).
             if step.id in seen or self._already_delivered(step):
-                yield _Item(step_id=step.id, step=step, position=found.position, in_shard=False)
+                yield _Item(
+                    step_id=step.id, step=step, position=found.position, in_shard=False, seen=True
+                )
                 continue
             item = self._item(step, found.position)
             if not item.in_shard:
@@ -452,6 +457,11 @@ class Worker:
             batch.last_position = item.position
             self._advance_frontier(item.step, fetched.context.run if fetched.context else None)
         if not item.in_shard:
+            step = item.step
+            if step is not None and step.run_id and not item.seen and self._owns_run(step.run_id):
+                batch.entries.append(
+                    _Entry(item=item, run_id=step.run_id, agent_id=step.agent_id, foreign=True)
+                )
             return
         entry = _Entry(item=item)
         batch.entries.append(entry)
@@ -521,6 +531,12 @@ class Worker:
             if entry.pending is not None:
                 state.pending[step_id] = entry.pending
                 continue
+            if entry.foreign:
+                assert entry.run_id is not None
+                state.open_runs.setdefault(
+                    entry.run_id, OpenRun(run_id=entry.run_id, agent_id=entry.agent_id)
+                ).add(step_id, None, None)
+                continue
             state.pending.pop(step_id, None)
             if entry.settled_missing:
                 summary.missing += 1
@@ -531,8 +547,13 @@ class Worker:
                     "failed before a trace was written); recorded in the dead-letter file",
                     step_id,
                 )
+                if entry.run_id and self._owns_run(entry.run_id):
+                    # The run still happened (often a failed call): its span shows it.
+                    state.open_runs.setdefault(
+                        entry.run_id, OpenRun(run_id=entry.run_id, agent_id=entry.agent_id)
+                    ).add(step_id, None, None)
                 continue
-            if entry.span_index is not None and entry.run_id:
+            if entry.span_index is not None and entry.run_id and self._owns_run(entry.run_id):
                 span = batch.spans[entry.span_index]
                 run = state.open_runs.setdefault(
                     entry.run_id, OpenRun(run_id=entry.run_id, agent_id=entry.agent_id)
@@ -547,6 +568,11 @@ class Worker:
         if self._on_progress is not None:
             self._on_progress(summary)
         await self._ship_passed_runs(summary)
+
+    def _owns_run(self, run_id: str) -> bool:
+        """Whether this shard ships the run's parent span (one shard per run, whichever shards
+        export its steps), so sharded replicas never send a run span twice."""
+        return in_shard(run_id, self._options.shard)
 
     def _advance_frontier(self, step: Step | None, run: Run | None) -> None:
         if step is None:

@@ -28,6 +28,8 @@ FIXTURE_STEPS = {
 }
 TRACED = {sid: rec for sid, rec in FIXTURE_STEPS.items() if rec["trace"] is not None}
 RUNS_WITH_TRACES = {rec["trace"]["run_id"] for rec in TRACED.values()}
+# Every run gets its invoke_agent span, also one whose only call left no trace (a failed call).
+ALL_RUNS = {rec["step"]["run_id"] for rec in FIXTURE_STEPS.values()}
 
 
 def _hex_span(record_id: str) -> str:
@@ -108,11 +110,11 @@ async def test_every_fixture_trace_arrives_with_its_ids_times_and_attributes(
         )
         async with make_worker(settings) as worker:
             summary = await worker.export_window()
-        assert rx.wait_for(len(TRACED) + len(RUNS_WITH_TRACES))
+        assert rx.wait_for(len(TRACED) + len(ALL_RUNS))
         spans = {s.span_id: s for s in rx.spans()}
 
     assert summary.exported == len(TRACED) == 22
-    assert summary.run_spans == len(RUNS_WITH_TRACES)
+    assert summary.run_spans == len(ALL_RUNS)
     assert rx.duplicate_count == 0
     for step_id, rec in TRACED.items():
         trace = rec["trace"]
@@ -170,7 +172,7 @@ async def test_collector_down_at_start_then_up_delivers_everything(tmp_path):
             assert worker.state.cursor is None
             assert worker.state.delivered == 0
             rx.start()
-            delivered = await asyncio.to_thread(rx.wait_for, 22 + len(RUNS_WITH_TRACES), 30)
+            delivered = await asyncio.to_thread(rx.wait_for, 22 + len(ALL_RUNS), 30)
             stop.set()
             await asyncio.wait_for(task, 10)
         assert delivered
@@ -199,7 +201,7 @@ async def test_letta_429_and_500_for_a_while(tmp_path):
         settings = settings_for(letta, rx, tmp_path)
         async with make_worker(settings) as worker:
             summary = await worker.export_window()
-        assert rx.wait_for(22 + len(RUNS_WITH_TRACES))
+        assert rx.wait_for(22 + len(ALL_RUNS))
     assert summary.exported == 22
     assert summary.ok
     assert worker._metrics.value("letta_exporter_retries_total", hop="letta") >= 9
@@ -211,11 +213,11 @@ async def test_collector_refusing_for_good_dead_letters_the_batch(tmp_path):
         settings = settings_for(letta, rx, tmp_path, batch_size=100)
         async with make_worker(settings) as worker:
             summary = await worker.export_window()
-    assert summary.undelivered == 22 + len(RUNS_WITH_TRACES)
+    assert summary.undelivered == 22 + len(ALL_RUNS)
     refused = [d for d in _dead_letters(tmp_path / "dead.jsonl") if d["reason"] == "refused"]
     assert refused
     assert "resourceSpans" in str(refused[0]["otlp_json"])
-    assert sum(len(d["ids"]) for d in refused) == 22 + len(RUNS_WITH_TRACES)
+    assert sum(len(d["ids"]) for d in refused) == 22 + len(ALL_RUNS)
 
 
 async def test_one_shot_gives_up_at_the_deadline_without_moving_the_checkpoint(tmp_path):
@@ -382,19 +384,33 @@ async def test_resume_continues_after_the_checkpoint_without_resending(tmp_path)
     assert len({s.span_id for s in llm}) == len(llm) == 22
 
 
-async def test_shards_split_the_steps_with_no_overlap(tmp_path):
+async def test_shards_split_the_steps_with_no_overlap_and_one_parent_per_run(tmp_path):
     with FakeLetta.from_fixtures(LETTA, flavour="cloud") as letta, OtlpReceiver() as rx:
         totals = []
         for index in range(3):
             settings = settings_for(letta, rx, tmp_path, shard=f"{index}/3")
             async with make_worker(settings) as worker:
                 totals.append((await worker.export_window()).exported)
-        llm = [s for s in rx.spans() if not s.name.startswith("invoke_agent")]
+        spans = rx.spans()
+    llm = [s for s in spans if not s.name.startswith("invoke_agent")]
+    parents = [s for s in spans if s.name.startswith("invoke_agent")]
     assert sum(totals) == 22
     assert len({s.span_id for s in llm}) == len(llm) == 22
     assert all(t < 22 for t in totals)
     owners = [sum(in_shard(sid, (i, 3)) for i in range(3)) for sid in TRACED]
     assert owners == [1] * len(TRACED)
+    # Each run's parent comes from one shard only, and counts the steps every shard exported.
+    assert rx.duplicate_count == 0
+    assert len(parents) == len({s.span_id for s in parents}) == len(ALL_RUNS)
+    steps_per_run: dict[str, int] = {}
+    for rec in FIXTURE_STEPS.values():
+        steps_per_run[rec["step"]["run_id"]] = steps_per_run.get(rec["step"]["run_id"], 0) + 1
+    for parent in parents:
+        run_id = parent.attributes["letta.run.id"]
+        assert parent.attributes["letta.run.step_count"] == steps_per_run[run_id]
+        children = [s for s in llm if s.trace_id == parent.trace_id]
+        assert bool(children) == (run_id in RUNS_WITH_TRACES)
+        assert all(s.span.parent_span_id.hex() == parent.span_id for s in children)
 
 
 async def test_since_until_window_and_agent_filter(tmp_path):
