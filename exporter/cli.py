@@ -23,11 +23,11 @@ from . import __version__, wiring
 from .checkpoint import Checkpoint
 from .errors import ConfigError, ExporterError
 from .logs import setup_logging
-from .replay import ReplayOptions, export_traces
+from .replay import ReplayOptions, export_file
 from .settings import Settings
 from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
 from .sink import OtlpJsonFileExporter, build_exporter
-from .source import LettaClient, read_trace_file
+from .source import LettaClient
 from .telemetry import DeadLetter, HealthServer, Metrics
 
 __all__ = ["app", "main"]
@@ -343,8 +343,8 @@ async def _export(
                     retry_max_seconds=settings.retry_backoff_max_seconds,
                     dry_run=dry_run,
                 )
-                summary = await export_traces(
-                    read_trace_file(settings.input),
+                summary = await export_file(
+                    settings.input,
                     shipper=shipper,
                     convert_options=wiring.convert_options(settings),
                     resource=wiring.resource(settings),
@@ -498,21 +498,28 @@ def convert(input_path: str, output: str, no_parents: bool, **flags: Any) -> Non
         )
         try:
             summary = asyncio.run(
-                export_traces(
-                    read_trace_file(input_path),
+                export_file(
+                    input_path,
                     shipper=shipper,
                     convert_options=wiring.convert_options(settings),
                     resource=wiring.resource(settings),
                     options=ReplayOptions(batch_size=settings.batch_size, parents=not no_parents),
+                    dead_letter=False,
                 )
             )
         finally:
             exporter.shutdown()
         click.echo(
             f"converted {summary.exported} traces and {summary.run_spans} runs"
-            + ("" if output == "-" else f" into {output}"),
+            + ("" if output == "-" else f" into {output}")
+            + (
+                f"; {summary.invalid} invalid records skipped (named above)"
+                if summary.invalid
+                else ""
+            ),
             err=True,
         )
+    sys.exit(EXIT_FAILED if summary.invalid else EXIT_OK)
 
 
 @app.command(epilog=_EPILOG_CHECK)

@@ -8,18 +8,24 @@ spans), since a dump has no Run records.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
 from .checkpoint import OpenRun
 from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
+from .errors import RecordInvalidError
 from .models import ProviderTrace, Run
 from .shipping import ExportSummary, Shipper
+from .source import read_trace_file
 
-__all__ = ["ReplayOptions", "export_traces"]
+_logger = logging.getLogger(__name__)
+
+__all__ = ["ReplayOptions", "export_file", "export_traces"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +45,7 @@ async def export_traces(
     resource: Resource,
     options: ReplayOptions = ReplayOptions(),
     on_progress: Callable[[ExportSummary], None] | None = None,
+    summary: ExportSummary | None = None,
 ) -> ExportSummary:
     """Convert and ship every trace, then one parent span per run seen.
 
@@ -47,7 +54,7 @@ async def export_traces(
         UndeliveredError: the collector did not accept a batch before the deadline.
         RecordInvalidError: the file holds a record that is not a ProviderTrace.
     """
-    summary = ExportSummary()
+    summary = summary if summary is not None else ExportSummary()
     runs: dict[str, OpenRun] = {}
     batch: list[ReadableSpan] = []
     ids: list[str] = []
@@ -93,3 +100,44 @@ async def export_traces(
     if on_progress is not None:
         on_progress(summary)
     return summary
+
+
+async def export_file(
+    path: Path | str,
+    *,
+    shipper: Shipper,
+    convert_options: ConvertOptions,
+    resource: Resource,
+    options: ReplayOptions = ReplayOptions(),
+    on_progress: Callable[[ExportSummary], None] | None = None,
+    dead_letter: bool = True,
+) -> ExportSummary:
+    """Export a file of ProviderTraces; a damaged record is reported and the rest exported.
+
+    Each record that is not a ProviderTrace is counted as invalid, named in the summary, logged
+    and (unless ``dead_letter`` is false) written to the dead-letter file with the line or item
+    it came from.
+
+    Raises:
+        SourceError: the file cannot be read.
+        Stopped, UndeliveredError: as :func:`export_traces`.
+    """
+    summary = ExportSummary()
+
+    def report(error: RecordInvalidError) -> None:
+        summary.invalid += 1
+        summary.fail(str(error))
+        if dead_letter:
+            shipper.dead_letter.write("invalid", error=str(error), record_id=error.record_id)
+        _logger.error("%s (skipped%s)", error, "; in the dead-letter file" if dead_letter else "")
+
+    with read_trace_file(path, on_invalid=report) as traces:
+        return await export_traces(
+            traces,
+            shipper=shipper,
+            convert_options=convert_options,
+            resource=resource,
+            options=options,
+            on_progress=on_progress,
+            summary=summary,
+        )

@@ -154,14 +154,37 @@ def test_convert_json_lines_to_a_file(tmp_path):
     assert len({s.span_id for s in spans}) == len(spans)
 
 
-def test_convert_bad_input_is_a_clear_error(tmp_path):
+def test_convert_reports_a_bad_record_and_converts_the_rest(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"request_json": {}, "response_json": {}}\n{"request_json": 5}\n')
-    result = _run(["convert", str(bad)], _env(tmp_path))
+    lines = EXAMPLE.read_text().splitlines()
+    bad.write_text("\n".join([lines[0], '{"request_json": 5}', "{not json", lines[1]]) + "\n")
+    result = _run(["convert", str(bad), "--no-parents"], _env(tmp_path))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "line 2" in result.stderr
     assert "request_json" in result.stderr
+    assert "line 3" in result.stderr
+    assert "2 invalid records skipped" in result.stderr
+    assert len(_spans(_otlp_lines(result.stdout))) == 2
+
+
+def test_export_from_a_damaged_file_dead_letters_the_bad_record(tmp_path):
+    bad = tmp_path / "bad.json"
+    items = [json.loads(line) for line in EXAMPLE.read_text().splitlines()[:3]]
+    items[1]["latency_ms"] = "slow"
+    bad.write_text(json.dumps(items))
+    result = _run(
+        ["export", "--source", "file", "--input", str(bad), "--json", "--sink", "console"],
+        _env(tmp_path),
+    )
+    assert result.returncode == 1
+    summary = json.loads(result.stdout[result.stdout.index("{\n") :])
+    assert summary["exported"] == 2
+    assert summary["invalid"] == 1
+    assert "item 2" in summary["failures"][0]
+    (dead,) = [json.loads(x) for x in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert dead["reason"] == "invalid"
+    assert dead["record_id"] == items[1]["id"]
 
 
 # ------------------------------------------------------------------------------- export

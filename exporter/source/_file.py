@@ -12,10 +12,11 @@ is ``null`` (Letta wrote none) yields nothing; such records are counted and logg
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import sys
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, BinaryIO, Final
@@ -47,11 +48,16 @@ _ENTRY: Final[TypeAdapter[ProviderTrace | _Recorded]] = TypeAdapter(_Entry)
 _ENTRIES: Final[TypeAdapter[list[ProviderTrace | _Recorded]]] = TypeAdapter(list[_Entry])
 
 
-def read_trace_file(path: Path | str) -> TraceFileReader:
+def read_trace_file(
+    path: Path | str, *, on_invalid: Callable[[RecordInvalidError], None] | None = None
+) -> TraceFileReader:
     """Read ProviderTraces from a JSON or JSON lines file, or stdin for ``-``.
 
     Args:
         path: the file, or ``-`` for standard input.
+        on_invalid: called with each record that is not a ProviderTrace, which is then skipped
+            (a dump with one damaged line still exports the rest); without it such a record
+            ends the iteration with the error.
 
     Returns:
         An iterator of the traces, in file order. It also counts what it read
@@ -62,7 +68,7 @@ def read_trace_file(path: Path | str) -> TraceFileReader:
         RecordInvalidError: (while iterating) a record is not valid JSON or not a
             ProviderTrace; the message names the line (JSON lines) or item (array).
     """
-    return TraceFileReader(path)
+    return TraceFileReader(path, on_invalid=on_invalid)
 
 
 class TraceFileReader(Iterator[ProviderTrace]):
@@ -74,10 +80,14 @@ class TraceFileReader(Iterator[ProviderTrace]):
         null_traces: recorded fixtures whose trace was ``null``, skipped.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(
+        self, path: Path | str, *, on_invalid: Callable[[RecordInvalidError], None] | None = None
+    ) -> None:
         self.name = "<stdin>" if str(path) == _STDIN else str(path)
         self.records = 0
         self.null_traces = 0
+        self.invalid = 0
+        self._on_invalid = on_invalid
         self._owned = str(path) != _STDIN
         if self._owned:
             try:
@@ -86,6 +96,7 @@ class TraceFileReader(Iterator[ProviderTrace]):
                 raise SourceError(f"cannot read {self.name}: {exc.strerror or exc}") from exc
         else:
             self._stream = sys.stdin.buffer
+        self._peeked = b""
         self._traces = self._read()
 
     def __iter__(self) -> TraceFileReader:
@@ -146,11 +157,20 @@ class TraceFileReader(Iterator[ProviderTrace]):
             entry = _ENTRY.validate_json(first)
         except ValidationError as exc:
             if exc.errors(include_url=False)[0].get("type") != "json_invalid":
-                raise _explain(first, f"line {number} of {self.name}") from exc
-            # Not one complete JSON value on the line: a pretty-printed document.
-            yield from self._document(first + self._stream.read())
-            return
-        yield from self._take(entry)
+                self._invalid(_explain(first, f"line {number} of {self.name}"), exc)
+                entry = None
+            elif self._second_line_is_record(lines):
+                # A damaged first line of a JSON lines file.
+                self._invalid(_explain(first, f"line {number} of {self.name}"), exc)
+                entry = None
+            else:
+                # Not one complete JSON value on the line: a pretty-printed document.
+                yield from self._document(first + self._peeked + self._stream.read())
+                return
+        if entry is not None:
+            yield from self._take(entry)
+        if self._peeked:
+            lines = itertools.chain([self._peeked], lines)
         for line in lines:
             number += 1
             if not line.strip():
@@ -158,15 +178,39 @@ class TraceFileReader(Iterator[ProviderTrace]):
             try:
                 entry = _ENTRY.validate_json(line)
             except ValidationError as exc:
-                raise _explain(line, f"line {number} of {self.name}") from exc
+                self._invalid(_explain(line, f"line {number} of {self.name}"), exc)
+                continue
             yield from self._take(entry)
+
+    def _second_line_is_record(self, lines: Iterator[bytes]) -> bool:
+        """After a first line that is not JSON: is the next one a complete JSON object?"""
+        self._peeked = next(lines, b"")
+        text = self._peeked.strip()
+        return text.startswith(b"{") and text.endswith(b"}") and _is_json(text)
+
+    def _invalid(self, error: RecordInvalidError, cause: Exception) -> None:
+        self.invalid += 1
+        if self._on_invalid is None:
+            raise error from cause
+        self._on_invalid(error)
 
     def _document(self, raw: bytes) -> Iterator[ProviderTrace]:
         if raw.lstrip().startswith(b"["):
             try:
                 entries = _ENTRIES.validate_json(raw)
             except ValidationError as exc:
-                raise self._explain_item(raw, exc) from exc
+                if self._on_invalid is None or not isinstance(items := _loads(raw), list):
+                    raise self._explain_item(raw, exc) from exc
+                # Error path: item by item, reporting the bad ones.
+                for index, item in enumerate(items):
+                    text = json.dumps(item).encode()
+                    try:
+                        entry = _ENTRY.validate_json(text)
+                    except ValidationError as item_exc:
+                        self._invalid(_explain(text, f"item {index + 1} of {self.name}"), item_exc)
+                        continue
+                    yield from self._take(entry)
+                return
             for entry in entries:
                 yield from self._take(entry)
             return
@@ -196,6 +240,17 @@ class TraceFileReader(Iterator[ProviderTrace]):
             else:
                 return _explain(json.dumps(item).encode(), f"item {loc[0] + 1} of {self.name}")
         return _explain(raw, self.name)
+
+
+def _loads(raw: bytes) -> object:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _is_json(text: bytes) -> bool:
+    return _loads(text) is not None
 
 
 def _explain(raw: bytes, where: str) -> RecordInvalidError:
