@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from google.protobuf import json_format
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan
 
 from ..errors import SinkError
 from ._base import DEFAULT_LOG_INTERVAL, DeliveringExporter, Delivery
+from ._encode import encode_request
 
 __all__ = ["OtlpJsonFileExporter", "otlp_json_to_request", "spans_to_otlp_json"]
 
@@ -77,7 +77,9 @@ def spans_to_otlp_json(spans: Sequence[ReadableSpan]) -> str:
     Returns:
         The JSON of one ``ExportTraceServiceRequest``.
     """
-    return request_to_otlp_json(encode_spans(spans))
+    # The fast encoder's bytes parsed back (upb, in C) are the message ``encode_spans`` builds,
+    # at a fraction of its cost; the JSON mapping below is the same either way.
+    return request_to_otlp_json(ExportTraceServiceRequest.FromString(encode_request(spans)))
 
 
 def otlp_json_to_request(line: str | bytes) -> ExportTraceServiceRequest:

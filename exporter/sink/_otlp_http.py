@@ -1,10 +1,11 @@
-"""OTLP/HTTP with protobuf bodies: the SDK's encoder and one httpx POST.
+"""OTLP/HTTP with protobuf bodies: the request bytes and one httpx POST.
 
 Why our own transport: the SDK's HTTP exporter retries inside ``export()`` and drops the
 response body, so ``partial_success`` and ``Retry-After`` never reach the worker. This is the
 whole protocol: POST the serialized ``ExportTraceServiceRequest`` (optionally gzipped), read
 ``ExportTraceServiceResponse`` on 2xx, and classify other statuses as the OTLP specification
-says (429, 502, 503 and 504 are retryable, every other 4xx/5xx is not).
+says (429, 502, 503 and 504 are retryable, every other 4xx/5xx is not). The body is encoded by
+:class:`~exporter.sink._encode.SpanEncoder`: the SDK encoder's bytes, several times faster.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ import httpx
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
 from opentelemetry.sdk.trace import ReadableSpan
 
 from .. import __version__
 from ..errors import ConfigError
 from ._base import DEFAULT_LOG_INTERVAL, DeliveringExporter, Delivery, display_url, one_line
+from ._encode import SpanEncoder
 from ._tls import TlsFiles
 
 __all__ = ["OtlpHttpExporter", "parse_retry_after"]
@@ -110,8 +111,6 @@ class OtlpHttpExporter(DeliveringExporter):
 
     _probe_when_empty = True
 
-    _probe_when_empty = True
-
     def __init__(
         self,
         *,
@@ -160,6 +159,7 @@ class OtlpHttpExporter(DeliveringExporter):
         if self._gzip:
             request_headers["Content-Encoding"] = "gzip"
         self._url = url
+        self._encoder = SpanEncoder()
         self._client = httpx.Client(
             headers=request_headers,
             timeout=httpx.Timeout(timeout),
@@ -176,7 +176,7 @@ class OtlpHttpExporter(DeliveringExporter):
         return self._secure
 
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
-        body = encode_spans(spans).SerializeToString()
+        body = self._encoder.encode(spans)
         if self._gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
         try:
