@@ -68,6 +68,8 @@ class LettaClient:
         page_size: records asked per list page.
         discovery: how steps are found: ``auto`` probes the server once.
         stop: set on shutdown; it interrupts retry waits.
+        lean: the lean transport ``http`` sends through, if it does: plain GETs (one per
+            trace) then go to it directly, without building httpx request objects.
     """
 
     def __init__(
@@ -79,9 +81,12 @@ class LettaClient:
         page_size: int = 50,
         discovery: Literal["auto", "steps", "runs"] = "auto",
         stop: asyncio.Event | None = None,
+        lean: LeanTransport | None = None,
     ) -> None:
         self._http = http
-        self._requester = Requester(http, retry=retry, concurrency=concurrency, stop=stop)
+        self._requester = Requester(
+            http, retry=retry, concurrency=concurrency, stop=stop, lean=lean
+        )
         self._discovery = Discovery(self._requester, page_size=page_size, mode=discovery)
         self._agents: OrderedDict[str, Agent | None] = OrderedDict()
         self._agent_loads: dict[str, asyncio.Future[Agent | None]] = {}
@@ -102,6 +107,11 @@ class LettaClient:
             headers["X-Project-Id"] = settings.project_id
         if settings.letta_user_id:
             headers["user_id"] = settings.letta_user_id
+        lean = (
+            LeanTransport(max_keepalive=settings.concurrency)
+            if lean_transport_applies(settings.letta_base_url)
+            else None
+        )
         http = httpx.AsyncClient(
             base_url=settings.letta_base_url,
             headers=headers,
@@ -110,11 +120,7 @@ class LettaClient:
                 max_connections=settings.concurrency,
                 max_keepalive_connections=settings.concurrency,
             ),
-            transport=(
-                LeanTransport(max_keepalive=settings.concurrency)
-                if lean_transport_applies(settings.letta_base_url)
-                else None
-            ),
+            transport=lean,
         )
         return cls(
             http,
@@ -127,6 +133,7 @@ class LettaClient:
             page_size=settings.page_size,
             discovery=settings.discovery,
             stop=stop,
+            lean=lean,
         )
 
     # ------------------------------------------------------------------ lifecycle

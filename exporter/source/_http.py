@@ -13,11 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
+from urllib.parse import quote
 
 import httpx
 
 from ..errors import RecordInvalidError, SourceConnectionError, SourceHTTPError, SourceResponseError
 from ._retry import RetryPolicy, SourceStats, is_retryable, parse_retry_after
+from ._transport import LeanTransport
 
 __all__ = ["Params", "Requester", "safe_url"]
 
@@ -57,6 +59,8 @@ class Requester:
         retry: when and how long to retry.
         concurrency: requests in flight at most.
         stop: set on shutdown; it interrupts a backoff wait (the call then fails at once).
+        lean: the lean transport behind ``http``, if any: parameterless GETs then go to it
+            directly (see ``_RawGets``).
     """
 
     def __init__(
@@ -66,6 +70,7 @@ class Requester:
         retry: RetryPolicy,
         concurrency: int,
         stop: asyncio.Event | None,
+        lean: LeanTransport | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -75,6 +80,7 @@ class Requester:
         self._semaphore = asyncio.Semaphore(concurrency)
         self._stop = stop if stop is not None else asyncio.Event()
         self._secrets = _bearer_secrets(http)
+        self._raw = _RawGets.of(http, lean)
         self._has_key = bool(self._secrets) and "authorization" in http.headers
         self._last_retry_warning = -_RETRY_LOG_INTERVAL
 
@@ -107,23 +113,39 @@ class Requester:
             SourceConnectionError: Letta could not be reached, after retries.
         """
         retries = 0
+        raw = self._raw if not params else None
         while True:
-            request = self.http.build_request("GET", path, params=params)
-            url = safe_url(request.url)
+            request = None if raw else self.http.build_request("GET", path, params=params)
             error: SourceHTTPError | SourceConnectionError
             retry_after: float | None = None
             try:
-                response = await self._send(request)
+                if raw is not None:
+                    status, headers, content = await self._send_raw(raw, path)
+                    if 200 <= status < 300:
+                        return content
+                    # Not the hot path any more: httpx objects for the error handling below.
+                    request = self.http.build_request("GET", path)
+                    response = httpx.Response(
+                        status, headers=headers, content=content, request=request
+                    )
+                else:
+                    assert request is not None
+                    response = await self._send(request)
             except httpx.UnsupportedProtocol as exc:
                 self.stats.failures += 1
-                raise SourceConnectionError(url, self.scrub(str(exc))) from exc
+                raise SourceConnectionError(
+                    self.url_for(path, params), self.scrub(str(exc))
+                ) from exc
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 reason = type(exc).__name__
                 if text := self.scrub(str(exc)).strip():
                     reason = f"{reason}: {text}"
-                error = SourceConnectionError(url, reason, attempts=retries + 1)
+                error = SourceConnectionError(
+                    self.url_for(path, params), reason, attempts=retries + 1
+                )
                 cause: BaseException = exc
             else:
+                url = safe_url(response.request.url)
                 status = response.status_code
                 if 200 <= status < 300:
                     return response.content
@@ -178,6 +200,19 @@ class Requester:
                 ) from exc
             raise
 
+    async def _send_raw(
+        self, raw: _RawGets, path: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        async with self._semaphore:
+            stats = self.stats
+            stats.requests += 1
+            stats.in_flight += 1
+            stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+            try:
+                return await raw.get(path)
+            finally:
+                stats.in_flight -= 1
+
     async def _send(self, request: httpx.Request) -> httpx.Response:
         async with self._semaphore:
             stats = self.stats
@@ -230,3 +265,39 @@ class Requester:
         _logger.log(
             level, "%s; retry %d of %d in %.2fs", error, retry, self.retry.max_retries, delay
         )
+
+
+class _RawGets:
+    """Parameterless GETs straight through the lean transport (one per trace: the hot path).
+
+    The request head (the client's headers, ``Host``, the base URL's path) is built once; each
+    GET only adds its path. Used only when the client's transport is the lean one and nothing
+    (auth flow, event hooks, cookies) would change a request on its way through httpx.
+    """
+
+    def __init__(self, transport: LeanTransport, http: httpx.AsyncClient) -> None:
+        base = http.base_url
+        self._transport = transport
+        self._key = (base.scheme, base.host, base.port or (443 if base.scheme == "https" else 80))
+        self._prefix = base.raw_path.rstrip(b"/")
+        host = base.netloc  # host[:port], as httpx sends it
+        lines = [b"Host: " + host]
+        lines.extend(
+            b"%s: %s" % (name, value) for name, value in http.headers.raw if name.lower() != b"host"
+        )
+        self._headers = b"\r\n".join(lines) + b"\r\n\r\n"
+        timeout = http.timeout
+        self._timeouts = {"connect": timeout.connect, "read": timeout.read}
+
+    @classmethod
+    def of(cls, http: httpx.AsyncClient, lean: LeanTransport | None) -> _RawGets | None:
+        if lean is None:
+            return None
+        if http.auth is not None or any(http.event_hooks.values()) or http.cookies:
+            return None
+        return cls(lean, http)
+
+    async def get(self, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        target = self._prefix + quote(path, safe="/:@!$&'()*+,;=-._~").encode("ascii")
+        head = b"GET " + target + b" HTTP/1.1\r\n" + self._headers
+        return await self._transport.get_raw(self._key, head, self._timeouts)

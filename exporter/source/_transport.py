@@ -85,22 +85,57 @@ class LeanTransport(httpx.AsyncBaseTransport):
         timeout = request.extensions.get("timeout") or {}
         head = self._head(request)
         body = request.content if request.method not in ("GET", "HEAD") else b""
-        payload = head + body
+        status, headers, content = await self._send_payload(
+            key, request, head + body, timeout, head_only=request.method == "HEAD"
+        )
+        return httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(content),
+            request=request,
+            extensions={"http_version": b"HTTP/1.1"},
+        )
+
+    async def get_raw(
+        self, key: tuple[str, str, int], head: bytes, timeouts: dict[str, float | None]
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One GET whose request head is already built: ``(status, headers, body)``.
+
+        The exporter's hot path (one GET per trace) skips building ``httpx.Request`` and
+        ``httpx.Response`` objects. Errors are the same httpx exceptions as
+        :meth:`handle_async_request` raises (without a request attached).
+        """
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed")
+        return await self._send_payload(key, None, head, timeouts)
+
+    async def _send_payload(
+        self,
+        key: tuple[str, str, int],
+        request: httpx.Request | None,
+        payload: bytes,
+        timeouts: dict[str, float | None],
+        *,
+        head_only: bool = False,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         connection, reused = self._take(key), True
         if connection is None:
-            connection, reused = await self._connect(key, request, timeout.get("connect")), False
+            connection, reused = await self._connect(key, request, timeouts.get("connect")), False
         try:
             try:
-                return await self._exchange(connection, key, request, payload, timeout)
+                return await self._exchange(
+                    connection, key, request, payload, timeouts, head_only=head_only
+                )
             except _StaleConnectionError:
                 if not reused:
                     raise httpx.RemoteProtocolError(
                         "Server disconnected without sending a response.", request=request
                     ) from None
-            # The idle connection was closed by the server meanwhile: once more on a fresh one.
-            connection = await self._connect(key, request, timeout.get("connect"))
+            connection = await self._connect(key, request, timeouts.get("connect"))
             try:
-                return await self._exchange(connection, key, request, payload, timeout)
+                return await self._exchange(
+                    connection, key, request, payload, timeouts, head_only=head_only
+                )
             except _StaleConnectionError:
                 raise httpx.RemoteProtocolError(
                     "Server disconnected without sending a response.", request=request
@@ -143,7 +178,10 @@ class LeanTransport(httpx.AsyncBaseTransport):
             idle.append(connection)
 
     async def _connect(
-        self, key: tuple[str, str, int], request: httpx.Request, connect_timeout: float | None
+        self,
+        key: tuple[str, str, int],
+        request: httpx.Request | None,
+        connect_timeout: float | None,
     ) -> _Connection:
         scheme, host, port = key
         context: ssl.SSLContext | None = None
@@ -166,10 +204,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self,
         connection: _Connection,
         key: tuple[str, str, int],
-        request: httpx.Request,
+        request: httpx.Request | None,
         payload: bytes,
         timeouts: dict[str, float | None],
-    ) -> httpx.Response:
+        *,
+        head_only: bool = False,
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         reader, writer = connection.reader, connection.writer
         done = False
         try:
@@ -188,7 +228,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
                         "Response head too large.", request=request
                     ) from exc
                 status, headers, keep_alive, length, chunked = _parse_head(raw_head, request)
-                if request.method == "HEAD" or status in _NO_BODY_STATUSES or status < 200:
+                if head_only or status in _NO_BODY_STATUSES or status < 200:
                     content = b""
                 elif chunked:
                     content = b"".join([part async for part in _chunks(reader, request)])
@@ -209,13 +249,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             self._give_back(key, connection)
         else:
             connection.close()
-        return httpx.Response(
-            status,
-            headers=headers,
-            stream=httpx.ByteStream(content),
-            request=request,
-            extensions={"http_version": b"HTTP/1.1"},
-        )
+        return status, headers, content
 
 
 class _StaleConnectionError(Exception):
@@ -223,7 +257,7 @@ class _StaleConnectionError(Exception):
 
 
 def _parse_head(
-    raw: bytes, request: httpx.Request
+    raw: bytes, request: httpx.Request | None
 ) -> tuple[int, list[tuple[bytes, bytes]], bool, int | None, bool]:
     lines = raw[:-4].split(b"\r\n")
     parts = lines[0].split(b" ", 2)
@@ -257,7 +291,9 @@ def _parse_head(
     return status, headers, keep_alive, length, chunked
 
 
-async def _chunks(reader: asyncio.StreamReader, request: httpx.Request) -> AsyncIterator[bytes]:
+async def _chunks(
+    reader: asyncio.StreamReader, request: httpx.Request | None
+) -> AsyncIterator[bytes]:
     while True:
         line = await reader.readuntil(b"\r\n")
         size_text = line.split(b";", 1)[0].strip()
