@@ -377,7 +377,14 @@ class Worker:
         # round trip per step instead of two against a slow Letta).
         early_run = item.step.run_id if item.step is not None else None
         not_after = item.step.created_at if item.step is not None else None
-        run_lookup = asyncio.ensure_future(self._run(early_run, not_after)) if early_run else None
+        run_lookup: asyncio.Future[Run] | None = None
+        if early_run:
+            if (known := self._runs.get(early_run)) is not None:
+                # Most steps' runs are known already: no task for them.
+                run_lookup = asyncio.get_running_loop().create_future()
+                run_lookup.set_result(known)
+            else:
+                run_lookup = asyncio.ensure_future(self._run(early_run, not_after))
         try:
             trace = await self._client.get_trace(item.step_id)
             step = item.step
