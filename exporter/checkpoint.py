@@ -7,6 +7,10 @@ re-sends at most what was in flight; re-sent spans carry the same ids, so backen
 The file is written atomically: a temporary file in the same directory, ``fsync``, ``rename``,
 then ``fsync`` of the directory. A reader sees either the old or the new state, never half.
 
+Several processes may share the file (the shards of ``export --workers``, or two jobs with
+different filters): each save takes an exclusive lock on ``<file>.lock``, reads the file again
+and replaces only the streams this process uses, so nobody's cursor is overwritten.
+
 One file holds several *streams*, one per filter set (Letta URL, agents, model, project, shard,
 and for one-shot exports the time window), so different jobs can share a state file without
 resuming each other's cursors. A stream holds:
@@ -26,9 +30,15 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
+
+try:
+    import fcntl
+except ImportError:  # not on Windows: one process per state file there
+    fcntl = None  # type: ignore[assignment]
 
 from .errors import CheckpointError
 
@@ -149,23 +159,27 @@ class Checkpoint:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        self._lock_path = self.path.with_name(self.path.name + ".lock")
         self._streams: dict[str, StreamState] = {}
-        self._load()
+        self._mine: set[str] = set()
+        self._streams = {k: StreamState.from_json(v) for k, v in self._read().items()}
 
-    def _load(self) -> None:
+    def _read(self) -> dict[str, Any]:
+        """The streams on disk, as JSON (empty when there is no file yet)."""
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return
+            return {}
         except OSError as exc:
             raise CheckpointError(str(self.path), f"cannot read: {exc.strerror}") from exc
         try:
             data = json.loads(raw)
             if not isinstance(data, dict) or data.get("version") != _VERSION:
                 raise ValueError(f"unsupported format (version {data.get('version')!r})")
-            self._streams = {
-                key: StreamState.from_json(value) for key, value in data["streams"].items()
-            }
+            streams = data["streams"]
+            for value in streams.values():
+                StreamState.from_json(value)  # every stream must be readable
+            return dict(streams)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(
                 str(self.path),
@@ -173,22 +187,46 @@ class Checkpoint:
             ) from exc
 
     def stream(self, key: str) -> StreamState:
-        """The state of one filter set (created empty the first time)."""
+        """The state of one filter set (created empty the first time); this process owns it."""
+        self._mine.add(key)
         return self._streams.setdefault(key, StreamState())
 
     def save(self) -> None:
-        """Write the whole state atomically (temp file, fsync, rename, fsync the directory).
+        """Write this process's streams atomically (temp file, fsync, rename, fsync the directory),
+        keeping the other streams as they are on disk.
 
         Raises:
             CheckpointError: the file cannot be written (disk full, permissions).
         """
-        payload = json.dumps(
-            {"version": _VERSION, "streams": {k: v.to_json() for k, v in self._streams.items()}},
-            separators=(",", ":"),
-        ).encode()
         directory = self.path.parent
         try:
             directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise CheckpointError(str(self.path), f"cannot write: {exc.strerror or exc}") from exc
+        with self._locked():
+            streams = self._read()
+            streams.update({k: self._streams[k].to_json() for k in self._mine})
+            self._write(
+                json.dumps({"version": _VERSION, "streams": streams}, separators=(",", ":"))
+            )
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise CheckpointError(str(self.path), f"cannot lock: {exc.strerror or exc}") from exc
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _write(self, text: str) -> None:
+        payload = text.encode()
+        directory = self.path.parent
+        try:
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=directory)
             try:
                 with os.fdopen(fd, "wb") as handle:

@@ -44,7 +44,7 @@ def test_save_replaces_the_file_atomically_and_leaves_no_temp_files(tmp_path):
         cp.stream("k").cursor = f"step-{i}"
         cp.save()
     assert json.loads(path.read_text())["streams"]["k"]["cursor"] == "step-4"
-    assert sorted(os.listdir(tmp_path)) == ["state.json"]
+    assert sorted(os.listdir(tmp_path)) == ["state.json", "state.json.lock"]
 
 
 def test_corrupt_state_file_is_a_clear_error(tmp_path):
@@ -73,3 +73,37 @@ def test_stream_key_is_stable_and_order_independent():
     b = stream_key(model=None, agents=["a", "b"], letta="http://x")
     assert a == b
     assert a != stream_key(letta="http://x", agents=["a"], model=None)
+
+
+def test_processes_sharing_the_file_keep_each_others_streams(tmp_path):
+    path = tmp_path / "state.json"
+    a, b = Checkpoint(path), Checkpoint(path)  # e.g. two shards of `export --workers 2`
+    a.stream("shard-0").cursor = "step-a1"
+    b.stream("shard-1").cursor = "step-b1"
+    a.save()
+    b.save()  # b read the file when it started, before a wrote: a's stream must survive
+    a.stream("shard-0").cursor = "step-a2"
+    a.save()
+    on_disk = Checkpoint(path)
+    assert on_disk.stream("shard-0").cursor == "step-a2"
+    assert on_disk.stream("shard-1").cursor == "step-b1"
+
+
+def test_concurrent_saves_from_threads_lose_no_stream(tmp_path):
+    import threading
+
+    path = tmp_path / "state.json"
+    checkpoints = [Checkpoint(path) for _ in range(4)]
+
+    def work(index: int) -> None:
+        for n in range(20):
+            checkpoints[index].stream(f"s{index}").cursor = f"step-{n}"
+            checkpoints[index].save()
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    on_disk = Checkpoint(path)
+    assert [on_disk.stream(f"s{i}").cursor for i in range(4)] == ["step-19"] * 4
