@@ -23,6 +23,7 @@ from . import __version__, wiring
 from .checkpoint import Checkpoint
 from .errors import ConfigError, ExporterError
 from .logs import setup_logging
+from .parallel import run_workers, sub_shards
 from .replay import ReplayOptions, export_file
 from .settings import Settings
 from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
@@ -308,14 +309,39 @@ async def _run(settings: Settings) -> int:
     help="ProviderTraces file (JSON or JSON lines; - for stdin) for --source file.",
 )
 @click.option("--export-deadline", "export_deadline_seconds", type=float)
-def export(dry_run: bool, as_json: bool, **flags: Any) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Processes exporting side by side, each a shard of the steps (a backfill on a "
+    "machine with several cores; needs the Letta source and the OTLP sink).",
+)
+def export(dry_run: bool, as_json: bool, workers: int, **flags: Any) -> None:
     """Export once (a backfill): every trace in the window, then exit with a summary."""
     with _errors():
         settings = _load(flags)
+        if workers > 1:
+            sys.exit(_export_in_parallel(settings, workers, as_json))
         started = time.monotonic()
         summary, interrupted, error = asyncio.run(_export(settings, dry_run, as_json))
         _report(settings, summary, time.monotonic() - started, as_json, interrupted, error, dry_run)
     sys.exit(EXIT_OK if (summary.ok and error is None) or interrupted else EXIT_FAILED)
+
+
+def _export_in_parallel(settings: Settings, workers: int, as_json: bool) -> int:
+    if settings.source != "letta":
+        raise ConfigError("--workers", "needs the Letta source (a file is read by one process)")
+    if settings.effective_sink != "otlp":
+        raise ConfigError(
+            "--workers", "needs the OTLP sink (processes cannot share one output file or stream)"
+        )
+    shards = sub_shards(settings.shard_spec, workers)
+    argv = sys.argv[sys.argv.index("export") :] if "export" in sys.argv else ["export"]
+    _logger.info("exporting with %d worker processes (shards %s)", workers, ", ".join(shards))
+    total, code = run_workers(argv, shards)
+    _print_report(total, as_json)
+    return code
 
 
 async def _export(
@@ -433,30 +459,41 @@ def _report(
         "error": error,
         "dead_letter_file": str(settings.dead_letter_path),
     }
+    _print_report(data, as_json)
+
+
+def _print_report(data: dict[str, Any], as_json: bool) -> None:
+    """The export summary: JSON, or a few lines for a person."""
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
-    rate = summary.exported / seconds if seconds > 0 else 0.0
+    seconds = float(data["seconds"])
+    exported = int(data["exported"])
+    rate = exported / seconds if seconds > 0 else 0.0
+    workers = f" with {data['workers']} workers" if data.get("workers") else ""
+    dead_letter = data["dead_letter_file"]
     lines = [
-        f"exported {summary.exported} LLM-call spans and {summary.run_spans} run spans "
-        f"to {data['sink']} in {seconds:.1f}s ({rate:.0f} traces/s)",
+        f"exported {exported} LLM-call spans and {data['run_spans']} run spans "
+        f"to {data['sink']}{workers} in {seconds:.1f}s ({rate:.0f} traces/s)",
     ]
-    if summary.skipped_shard:
-        lines.append(f"left to other shards: {summary.skipped_shard}")
-    if summary.missing or summary.pending:
+    if data["skipped_other_shards"] and not data.get("workers"):
+        lines.append(f"left to other shards: {data['skipped_other_shards']}")
+    missing, pending = data["missing_traces"], data["pending_traces"]
+    if missing or pending:
         lines.append(
-            f"steps without a trace: {summary.missing} (recorded in {settings.dead_letter_path})"
-            + (f", still not written: {summary.pending}" if summary.pending else "")
+            f"steps without a trace: {missing} (recorded in {dead_letter})"
+            + (f", still not written: {pending}" if pending else "")
         )
-    failed = summary.invalid + summary.rejected + summary.undelivered
-    if failed:
+    invalid, rejected, undelivered = data["invalid"], data["rejected"], data["undelivered"]
+    if invalid or rejected or undelivered:
         lines.append(
-            f"NOT delivered: {failed} (invalid {summary.invalid}, rejected by the collector "
-            f"{summary.rejected}, undelivered {summary.undelivered}); see "
-            f"{settings.dead_letter_path}"
+            f"NOT delivered: {invalid + rejected + undelivered} (invalid {invalid}, rejected by "
+            f"the collector {rejected}, undelivered {undelivered}); see {dead_letter}"
         )
-        lines.extend(f"  - {failure}" for failure in summary.failures[:20])
-    if interrupted:
+        lines.extend(f"  - {failure}" for failure in data["failures"][:20])
+    if data.get("error"):
+        lines.append(f"error: {data['error']}")
+    if data["interrupted"]:
         lines.append(
             "interrupted: the checkpoint holds the last delivered step; run the same "
             "command again to resume"

@@ -417,3 +417,38 @@ def test_check_reports_what_it_reached(tmp_path):
     assert "ok    sink" in good.stdout
     assert bad.returncode == 1
     assert "FAIL  sink" in bad.stdout
+
+
+def test_export_with_two_workers_splits_the_work_and_adds_up(tmp_path):
+    store, step_ids = _backlog(120)
+    with FakeLetta(store, flavour="cloud") as letta, OtlpReceiver() as rx:
+        expected = set(_trace_span_ids(letta, step_ids))
+        env = _env(
+            tmp_path,
+            LETTA_BASE_URL=letta.url,
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.grpc_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+        )
+        result = _run(["export", "--workers", "2", "--json"], env)
+        received = rx.spans()
+        again = _run(["export", "--workers", "2", "--json"], env)  # resumes: nothing new
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["workers"] == 2
+    assert summary["exported"] == 120
+    assert summary["run_spans"] == 30
+    assert summary["skipped_other_shards"] == 120  # each worker saw the other's half
+    llm = {s.span_id for s in received if not s.name.startswith("invoke_agent")}
+    assert llm == expected
+    assert rx.duplicate_count == 0
+    assert len([s for s in received if s.name.startswith("invoke_agent")]) == 30
+    assert json.loads(again.stdout)["exported"] == 0
+    streams = json.loads((tmp_path / "state.json").read_text())["streams"]
+    assert len(streams) == 2  # one checkpoint stream per worker, in one file
+
+
+def test_workers_need_an_otlp_sink(tmp_path):
+    result = _run(["export", "--workers", "2", "--sink", "file"], _env(tmp_path))
+    assert result.returncode == 2
+    assert "--workers" in result.stderr
+    assert "Traceback" not in result.stderr
