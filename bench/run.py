@@ -51,12 +51,16 @@ class Case:
     baseline_traces: int | None = None
     #: record the exporter with py-spy into this file (collapsed stacks); figures then include it.
     profile: str | None = None
+    #: ``export --workers``: processes side by side, sharing ``concurrency`` between them.
+    workers: int = 1
 
     @property
     def name(self) -> str:
         flavour = "" if self.flavour == "cloud" else f" {self.flavour}"
+        workers = f" x{self.workers} workers" if self.workers > 1 else ""
         return (
             f"{self.traces // 1000}k x {self.size} @{self.latency_ms:g}ms {self.protocol}{flavour}"
+            f"{workers}"
         )
 
     def server_key(self) -> tuple[Any, ...]:
@@ -149,7 +153,9 @@ def _exporter_command(case: Case, letta: LettaProcess, endpoint: str, tmp: Path)
         "--content",
         "none",
         "--concurrency",
-        str(case.concurrency),
+        str(max(1, case.concurrency // case.workers)),  # in flight in all: at most concurrency
+        "--workers",
+        str(case.workers),
         "--state-path",
         str(tmp / "state.json"),
         "--dead-letter-path",
@@ -378,6 +384,7 @@ def suite(traces: int = 10_000, big: int = 100_000) -> list[Case]:
     """The target matrix: 20 KB at 0 and 20 ms, 2 KB and 200 KB, both protocols, 10k/100k RSS."""
     return [
         Case(traces=traces, size="20kb", latency_ms=0, protocol="grpc"),
+        Case(traces=traces, size="20kb", latency_ms=0, protocol="grpc", workers=2),
         Case(traces=traces, size="20kb", latency_ms=0, protocol="http"),
         Case(traces=traces, size="20kb", latency_ms=20, protocol="grpc", baseline_traces=2_000),
         Case(traces=traces, size="2kb", latency_ms=0, protocol="grpc"),
@@ -402,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", choices=["grpc", "http"], default="grpc")
     parser.add_argument("--flavour", choices=["cloud", "0.16.8"], default="cloud")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="export --workers")
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--page-size", type=int, default=200)
     parser.add_argument("--no-baseline", action="store_true")
@@ -427,6 +435,7 @@ def main(argv: list[str] | None = None) -> int:
                 baseline=not args.no_baseline and args.flavour == "cloud",
                 baseline_traces=args.baseline_traces,
                 profile=args.profile,
+                workers=args.workers,
             )
         ]
     results = run_cases(cases, log=lambda text: print(text, file=sys.stderr, flush=True))

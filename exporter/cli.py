@@ -6,30 +6,21 @@ not delivered (they are named) or a stage failed, 2 bad usage or configuration.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import click
 
-from . import __version__, wiring
-from .checkpoint import Checkpoint
+from . import __version__
 from .errors import ConfigError, ExporterError
 from .logs import setup_logging
 from .parallel import run_workers, sub_shards
-from .replay import ReplayOptions, export_file
 from .settings import Settings
-from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
-from .sink import OtlpJsonFileExporter, build_exporter
-from .source import LettaClient
-from .telemetry import DeadLetter, HealthServer, Metrics
 
 __all__ = ["app", "main"]
 
@@ -187,20 +178,6 @@ def _errors() -> Iterator[None]:
         sys.exit(EXIT_FAILED)
 
 
-def _install_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, _on_signal, stop, sig)
-
-
-def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
-    if not stop.is_set():
-        _logger.info("%s received: finishing in-flight work, then saving the checkpoint", sig.name)
-    stop.set()
-
-
-# ---------------------------------------------------------------------------------- commands
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="letta-otel-exporter")
 def app() -> None:
@@ -223,74 +200,10 @@ def run(**flags: Any) -> None:
     """Run as a sidecar: poll Letta, export new traces, checkpoint, until SIGTERM."""
     with _errors():
         settings = _load(flags)
-        code = asyncio.run(_run(settings))
+        from . import commands
+
+        code = commands.run(settings)
     sys.exit(code)
-
-
-async def _run(settings: Settings) -> int:
-    stop = asyncio.Event()
-    _install_signals(stop)
-    metrics = Metrics()
-    exporter = build_exporter(settings)
-    health: HealthServer | None = None
-    try:
-        async with LettaClient.from_settings(settings, stop=stop) as client:
-            worker = wiring.build_worker(
-                settings,
-                client=client,
-                exporter=exporter,
-                stop=stop,
-                one_shot=False,
-                metrics=metrics,
-            )
-            stall = max(120.0, settings.poll_interval_seconds * 4)
-            if settings.health_port:
-                health = HealthServer(
-                    host=settings.health_host,
-                    port=settings.health_port,
-                    metrics=metrics,
-                    alive=lambda: time.time() - worker.heartbeat < stall,
-                    ready=lambda: worker.passes > 0,
-                )
-                health.start()
-                _logger.info(
-                    "health on http://%s:%d (/healthz /readyz /metrics)",
-                    settings.health_host,
-                    health.port,
-                )
-            _logger.info(
-                "sidecar started: Letta %s -> %s, polling every %.0fs",
-                settings.letta_base_url,
-                wiring.sink_target(settings),
-                settings.poll_interval_seconds,
-            )
-            task = asyncio.create_task(
-                worker.run_forever(poll_seconds=settings.poll_interval_seconds)
-            )
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                stopper.cancel()
-                task.result()  # a fatal error (checkpoint unwritable) ends the sidecar
-                return EXIT_OK
-            done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_seconds)
-            if not done:
-                _logger.warning(
-                    "in-flight work did not finish within %.0fs; stopping it (the checkpoint "
-                    "holds the last delivered step)",
-                    settings.shutdown_timeout_seconds,
-                )
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            else:
-                task.result()
-            _logger.info("stopped: %s", json.dumps(worker.total.as_dict()))
-            return EXIT_OK
-    finally:
-        if health is not None:
-            health.stop()
-        exporter.shutdown()
 
 
 @app.command(epilog=_EPILOG_EXPORT)
@@ -323,10 +236,11 @@ def export(dry_run: bool, as_json: bool, workers: int, **flags: Any) -> None:
         settings = _load(flags)
         if workers > 1:
             sys.exit(_export_in_parallel(settings, workers, as_json))
-        started = time.monotonic()
-        summary, interrupted, error = asyncio.run(_export(settings, dry_run, as_json))
-        _report(settings, summary, time.monotonic() - started, as_json, interrupted, error, dry_run)
-    sys.exit(EXIT_OK if (summary.ok and error is None) or interrupted else EXIT_FAILED)
+        from . import commands
+
+        data, code = commands.export(settings, dry_run=dry_run, as_json=as_json)
+        _print_report(data, as_json)
+    sys.exit(code)
 
 
 def _export_in_parallel(settings: Settings, workers: int, as_json: bool) -> int:
@@ -342,124 +256,6 @@ def _export_in_parallel(settings: Settings, workers: int, as_json: bool) -> int:
     total, code = run_workers(argv, shards)
     _print_report(total, as_json)
     return code
-
-
-async def _export(
-    settings: Settings, dry_run: bool, as_json: bool
-) -> tuple[ExportSummary, bool, str | None]:
-    stop = asyncio.Event()
-    _install_signals(stop)
-    metrics = Metrics()
-    exporter = build_exporter(settings)
-    dead_letter = DeadLetter(settings.dead_letter_path)
-    progress = _Progress(enabled=not as_json and sys.stderr.isatty())
-    summary = ExportSummary()
-    interrupted = False
-    error: str | None = None
-    try:
-        with progress:
-            if settings.source == "file":
-                assert settings.input is not None
-                shipper = Shipper(
-                    exporter=exporter,
-                    metrics=metrics,
-                    dead_letter=dead_letter,
-                    stop=stop,
-                    deadline_seconds=settings.export_deadline_seconds,
-                    retry_max_seconds=settings.retry_backoff_max_seconds,
-                    dry_run=dry_run,
-                )
-                summary = await export_file(
-                    settings.input,
-                    shipper=shipper,
-                    convert_options=wiring.convert_options(settings),
-                    resource=wiring.resource(settings),
-                    options=ReplayOptions(batch_size=settings.batch_size, limit=settings.limit),
-                    on_progress=progress.update,
-                )
-            else:
-                async with LettaClient.from_settings(settings, stop=stop) as client:
-                    worker = wiring.build_worker(
-                        settings,
-                        client=client,
-                        exporter=exporter,
-                        stop=stop,
-                        one_shot=True,
-                        dry_run=dry_run,
-                        metrics=metrics,
-                        on_progress=progress.update,
-                    )
-                    try:
-                        summary = await worker.export_window()
-                    finally:
-                        summary = worker.total
-                    interrupted = stop.is_set()
-    except Stopped:
-        interrupted = True
-    except UndeliveredError as exc:
-        error = str(exc)
-        summary.undelivered += len(exc.trace_ids)
-        summary.fail(str(exc))
-    finally:
-        exporter.shutdown()
-    return summary, interrupted, error
-
-
-class _Progress:
-    """A rich progress line on a terminal; nothing otherwise (the summary says it all)."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self._enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                transient=True,
-            )
-            self._progress.start()
-            self._task = self._progress.add_task("exporting", total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, summary: ExportSummary) -> None:
-        if self._progress is not None:
-            self._progress.update(
-                self._task,
-                description=(
-                    f"exported {summary.exported} traces, {summary.run_spans} runs"
-                    f" | missing {summary.missing} | failed "
-                    f"{summary.invalid + summary.rejected + summary.undelivered}"
-                ),
-            )
-
-
-def _report(
-    settings: Settings,
-    summary: ExportSummary,
-    seconds: float,
-    as_json: bool,
-    interrupted: bool,
-    error: str | None,
-    dry_run: bool,
-) -> None:
-    data = summary.as_dict() | {
-        "sink": "dry-run" if dry_run else wiring.sink_target(settings),
-        "seconds": round(seconds, 3),
-        "interrupted": interrupted,
-        "error": error,
-        "dead_letter_file": str(settings.dead_letter_path),
-    }
-    _print_report(data, as_json)
 
 
 def _print_report(data: dict[str, Any], as_json: bool) -> None:
@@ -525,38 +321,10 @@ def convert(input_path: str, output: str, no_parents: bool, **flags: Any) -> Non
     """
     with _errors():
         settings = _load({**flags, "log_level": flags.get("log_level") or "WARNING"})
-        exporter = OtlpJsonFileExporter(output)
-        shipper = Shipper(
-            exporter=exporter,
-            metrics=Metrics(),
-            dead_letter=DeadLetter(settings.dead_letter_path),
-            stop=asyncio.Event(),
-            deadline_seconds=0.0,
-        )
-        try:
-            summary = asyncio.run(
-                export_file(
-                    input_path,
-                    shipper=shipper,
-                    convert_options=wiring.convert_options(settings),
-                    resource=wiring.resource(settings),
-                    options=ReplayOptions(batch_size=settings.batch_size, parents=not no_parents),
-                    dead_letter=False,
-                )
-            )
-        finally:
-            exporter.shutdown()
-        click.echo(
-            f"converted {summary.exported} traces and {summary.run_spans} runs"
-            + ("" if output == "-" else f" into {output}")
-            + (
-                f"; {summary.invalid} invalid records skipped (named above)"
-                if summary.invalid
-                else ""
-            ),
-            err=True,
-        )
-    sys.exit(EXIT_FAILED if summary.invalid else EXIT_OK)
+        from . import commands
+
+        code = commands.convert(settings, input_path, output, parents=not no_parents)
+    sys.exit(code)
 
 
 @app.command(epilog=_EPILOG_CHECK)
@@ -565,43 +333,10 @@ def check(**flags: Any) -> None:
     """Validate the configuration, reach Letta and the collector, and say what was found."""
     with _errors():
         settings = _load(flags)
-        ok = asyncio.run(_check(settings))
+        from . import commands
+
+        ok = commands.check(settings)
     sys.exit(EXIT_OK if ok else EXIT_FAILED)
-
-
-async def _check(settings: Settings) -> bool:
-    click.echo(
-        f"ok    config: sink {wiring.sink_target(settings)}, content {settings.content}, "
-        f"state {settings.state_path}"
-    )
-    ok = True
-    if settings.source == "letta":
-        try:
-            async with LettaClient.from_settings(settings) as client:
-                found = await client.check()
-            click.echo(f"ok    letta: {found}")
-        except ExporterError as exc:
-            click.echo(f"FAIL  letta: {exc}")
-            ok = False
-    exporter = build_exporter(settings)
-    try:
-        from .sink import deliver
-
-        delivery = await asyncio.to_thread(deliver, exporter, [])
-        if delivery.delivered:
-            click.echo(f"ok    sink: {wiring.sink_target(settings)} accepted an empty export")
-        else:
-            click.echo(f"FAIL  sink: {wiring.sink_target(settings)}: {delivery.message}")
-            ok = False
-    finally:
-        exporter.shutdown()
-    try:
-        Checkpoint(settings.state_path)
-        click.echo(f"ok    checkpoint: {settings.state_path} readable")
-    except ExporterError as exc:
-        click.echo(f"FAIL  checkpoint: {exc}")
-        ok = False
-    return ok
 
 
 def main() -> None:

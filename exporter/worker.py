@@ -355,18 +355,29 @@ class Worker:
         Deep enough that the requests in flight stay at ``concurrency`` while the consumer waits
         on one slow step or discovery fetches its next page; shallow enough to bound memory.
         """
-        window: deque[asyncio.Task[_Fetched]] = deque()
+        window: deque[asyncio.Future[_Fetched]] = deque()
         depth = max(2, self._options.concurrency * 4)
+        loop = asyncio.get_running_loop()
+        fetching = 0  # steps in the window that need requests (others' shards need none)
         try:
             async for item in items:
-                window.append(asyncio.create_task(self._fetch(item)))
-                while len(window) >= depth:
-                    yield await window.popleft()
+                if item.in_shard:
+                    window.append(asyncio.ensure_future(self._fetch(item)))
+                    fetching += 1
+                else:
+                    done = loop.create_future()
+                    done.set_result(_Fetched(item))
+                    window.append(done)
+                while fetching >= depth or len(window) >= depth * 4:
+                    head = window.popleft()
+                    fetched = await head
+                    fetching -= fetched.item.in_shard
+                    yield fetched
             while window:
                 yield await window.popleft()
         finally:
-            for task in window:
-                task.cancel()
+            for future in window:
+                future.cancel()
             if window:
                 await asyncio.gather(*window, return_exceptions=True)
 
