@@ -137,6 +137,8 @@ def _exporter_command(case: Case, letta: LettaProcess, endpoint: str, tmp: Path)
     profiler = []
     if case.profile:
         profiler = [str(_BIN / "py-spy"), "record", "--rate", "250", "--format", "raw"]
+        if case.workers > 1:
+            profiler.append("--subprocesses")
         profiler += ["--output", case.profile, "--"]
     return [
         *profiler,

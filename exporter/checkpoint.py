@@ -164,8 +164,12 @@ class Checkpoint:
         self._mine: set[str] = set()
         self._streams = {k: StreamState.from_json(v) for k, v in self._read().items()}
 
-    def _read(self) -> dict[str, Any]:
-        """The streams on disk, as JSON (empty when there is no file yet)."""
+    def _read(self, *, check: bool = True) -> dict[str, Any]:
+        """The streams on disk, as JSON (empty when there is no file yet).
+
+        ``check`` reads each stream as a model too (at start); a save only passes the other
+        processes' streams through, as they are.
+        """
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
@@ -177,8 +181,9 @@ class Checkpoint:
             if not isinstance(data, dict) or data.get("version") != _VERSION:
                 raise ValueError(f"unsupported format (version {data.get('version')!r})")
             streams = data["streams"]
-            for value in streams.values():
-                StreamState.from_json(value)  # every stream must be readable
+            if check:
+                for value in streams.values():
+                    StreamState.from_json(value)  # every stream must be readable
             return dict(streams)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(
@@ -204,7 +209,7 @@ class Checkpoint:
         except OSError as exc:
             raise CheckpointError(str(self.path), f"cannot write: {exc.strerror or exc}") from exc
         with self._locked():
-            streams = self._read()
+            streams = self._read(check=False)
             streams.update({k: self._streams[k].to_json() for k in self._mine})
             self._write(
                 json.dumps({"version": _VERSION, "streams": streams}, separators=(",", ":"))

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import uuid
@@ -37,6 +38,7 @@ def _digest(domain: str, value: str, size: int) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=size).digest(), "big")
 
 
+@functools.lru_cache(maxsize=4096)  # the spans of a run ask in turn; pure, so cacheable
 def trace_id_for_run(run_id: str) -> int:
     """The trace id of a Letta run: the 128 bits of its UUID.
 
@@ -71,6 +73,7 @@ def span_id_for(record_id: str) -> int:
     return (_digest("span", record_id, _SPAN_ID_BYTES) & _SPAN_ID_MASK) or 1
 
 
+@functools.lru_cache(maxsize=4096)
 def run_span_id_for(run_id: str) -> int:
     """The span id of a run's ``invoke_agent`` span: top bit set, so never an LLM span's id."""
     return _RUN_SPAN_BIT | _digest("span/run", run_id, _SPAN_ID_BYTES)
