@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import click
 from . import __version__
 from .errors import ConfigError, ExporterError
 from .logs import setup_logging
-from .parallel import run_workers, sub_shards
+from .parallel import fork_workers, run_workers, sub_shards
 from .settings import Settings
 
 __all__ = ["app", "main"]
@@ -235,7 +236,7 @@ def export(dry_run: bool, as_json: bool, workers: int, **flags: Any) -> None:
     with _errors():
         settings = _load(flags)
         if workers > 1:
-            sys.exit(_export_in_parallel(settings, workers, as_json))
+            sys.exit(_export_in_parallel(settings, workers, as_json, dry_run))
         from . import commands
 
         data, code = commands.export(settings, dry_run=dry_run, as_json=as_json)
@@ -243,7 +244,7 @@ def export(dry_run: bool, as_json: bool, workers: int, **flags: Any) -> None:
     sys.exit(code)
 
 
-def _export_in_parallel(settings: Settings, workers: int, as_json: bool) -> int:
+def _export_in_parallel(settings: Settings, workers: int, as_json: bool, dry_run: bool) -> int:
     if settings.source != "letta":
         raise ConfigError("--workers", "needs the Letta source (a file is read by one process)")
     if settings.effective_sink != "otlp":
@@ -251,9 +252,19 @@ def _export_in_parallel(settings: Settings, workers: int, as_json: bool) -> int:
             "--workers", "needs the OTLP sink (processes cannot share one output file or stream)"
         )
     shards = sub_shards(settings.shard_spec, workers)
-    argv = sys.argv[sys.argv.index("export") :] if "export" in sys.argv else ["export"]
     _logger.info("exporting with %d worker processes (shards %s)", workers, ", ".join(shards))
-    total, code = run_workers(argv, shards)
+    if hasattr(os, "fork"):
+        from . import commands  # imported once, before forking: the workers share it
+
+        def work(shard: str) -> tuple[dict[str, Any], int]:
+            return commands.export(
+                settings.model_copy(update={"shard": shard}), dry_run=dry_run, as_json=True
+            )
+
+        total, code = fork_workers(work, shards)
+    else:
+        argv = sys.argv[sys.argv.index("export") :] if "export" in sys.argv else ["export"]
+        total, code = run_workers(argv, shards)
     _print_report(total, as_json)
     return code
 

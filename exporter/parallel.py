@@ -1,25 +1,31 @@
 """``export --workers N``: a backfill split over N processes, one shard of the steps each.
 
 One exporter process is bound by one core (parsing, converting and encoding traces are Python);
-a backfill on a machine with more cores runs N copies of the same command, each with a sub-shard
-of the steps (``--shard i/n`` becomes ``i + n*j / n*N`` for worker ``j``, so an already sharded
-replica splits only its own share). Each worker keeps its own checkpoint stream in the shared
-state file (the checkpoint locks it), ships each run's parent span only when it owns the run,
-and prints its JSON summary; this process forwards SIGTERM/SIGINT to them, adds the summaries
-up and exits as one export would.
+a backfill on a machine with more cores runs N workers, each with a sub-shard of the steps
+(``--shard i/n`` becomes ``i + n*j / n*N`` for worker ``j``, so an already sharded replica splits
+only its own share). Each worker keeps its own checkpoint stream in the shared state file (the
+checkpoint locks it), ships each run's parent span only when it owns the run, and reports its
+summary; this process forwards SIGTERM/SIGINT to them, adds the summaries up and exits as one
+export would.
+
+Workers are forked from this process after the pipeline is imported and before any connection,
+thread or event loop exists, so they start at once and share the imported code; where there is
+no ``fork``, they are fresh ``letta-otel-exporter export --shard ...`` processes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Final
 
-__all__ = ["run_workers", "sub_shards"]
+__all__ = ["fork_workers", "run_workers", "sub_shards"]
 
 _SUMMED: Final = (
     "discovered",
@@ -42,6 +48,55 @@ def sub_shards(shard: tuple[int, int] | None, workers: int) -> list[str]:
     """
     index, count = shard or (0, 1)
     return [f"{index + count * j}/{count * workers}" for j in range(workers)]
+
+
+def fork_workers(
+    work: Callable[[str], tuple[dict[str, Any], int]], shards: Sequence[str]
+) -> tuple[dict[str, Any], int]:
+    """Run ``work(shard)`` in a forked process per shard; add up the summaries it returns.
+
+    Args:
+        work: runs one shard's export and returns its summary (JSON-able) and exit code; it runs
+            in the child only.
+        shards: one ``i/n`` per worker.
+    """
+    children: list[tuple[int, int]] = []
+    for shard in shards:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker
+            os.close(read_end)
+            code = 1
+            try:
+                summary, code = work(shard)
+                payload = json.dumps(summary).encode()
+            except BaseException as exc:  # noqa: BLE001 - reported to the parent, then exit
+                payload = json.dumps({"error": f"{type(exc).__name__}: {exc}"}).encode()
+            finally:
+                with os.fdopen(write_end, "wb") as out, contextlib.suppress(OSError):
+                    out.write(payload)
+            os._exit(code)
+        os.close(write_end)
+        children.append((pid, read_end))
+
+    def forward(signum: int, frame: FrameType | None) -> None:
+        for pid, _ in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    outputs: list[str] = []
+    codes: list[int] = []
+    try:
+        for pid, read_end in children:
+            with os.fdopen(read_end, "rb") as pipe:
+                outputs.append(pipe.read().decode(errors="replace"))
+            _, status = os.waitpid(pid, 0)
+            codes.append(os.waitstatus_to_exitcode(status))
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return _combine(outputs, codes)
 
 
 def run_workers(argv: Sequence[str], shards: Sequence[str]) -> tuple[dict[str, Any], int]:
@@ -82,7 +137,9 @@ def _combine(outputs: Sequence[str], codes: Sequence[int]) -> tuple[dict[str, An
             summary = json.loads(output[output.index("{") :]) if "{" in output else None
         except ValueError:
             summary = None
-        if not isinstance(summary, dict):
+        if not isinstance(summary, dict) or "exported" not in summary:
+            if isinstance(summary, dict) and summary.get("error"):
+                total["failures"].append(str(summary["error"]))
             total["failures"].append(f"a worker ended with exit code {code} and no summary")
             total["error"] = total["error"] or "a worker failed (see its messages above)"
             continue

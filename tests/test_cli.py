@@ -452,3 +452,31 @@ def test_workers_need_an_otlp_sink(tmp_path):
     assert result.returncode == 2
     assert "--workers" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sigterm_reaches_every_worker_and_the_export_resumes(tmp_path):
+    store, step_ids = _backlog(300)
+    with FakeLetta(store, flavour="cloud") as letta, OtlpReceiver() as rx:
+        expected = set(_trace_span_ids(letta, step_ids))
+        env = _env(
+            tmp_path,
+            LETTA_BASE_URL=letta.url,
+            OTEL_EXPORTER_OTLP_ENDPOINT=rx.grpc_endpoint,
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            LETTA_EXPORTER_BATCH_SIZE="10",
+        )
+        rx.set_delay(0.05)
+        proc = _start_export(env, "--workers", "2")
+        assert _wait(lambda: rx.unique_span_count >= 40)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        first = json.loads(out)
+        assert first["interrupted"] is True
+        assert first["exported"] < 300
+        rx.set_delay(0)
+        again = _start_export(env, "--workers", "2")
+        out, err = again.communicate(timeout=120)
+        received = {sid for _, sid in rx.span_ids()}
+    assert again.returncode == 0, err
+    assert expected <= received
