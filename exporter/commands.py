@@ -42,7 +42,7 @@ def _tune_gc() -> None:
     # collector's default thresholds would walk them thousands of times a second. Objects from
     # start-up are frozen out of its way; reference counting still frees everything at once.
     gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
+    gc.set_threshold(20_000, 10, 10)
 
 
 def run(settings: Settings) -> int:
