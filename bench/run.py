@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -113,12 +114,54 @@ class Result:
     ratios: dict[str, float] = field(default_factory=dict)
 
 
+def _vm_hwm_kib(pid: int) -> int:
+    """A process's peak RSS (``VmHWM``), 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as children:
+            return [int(child) for child in children.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _watch_peak_rss(pid: int, done: threading.Event, peak: list[int]) -> None:
+    """Poll ``VmHWM`` of the process and its children (``export --workers``) until it ends.
+
+    Not ``ru_maxrss``: Linux carries the forking parent's peak across ``exec`` into it, so
+    after this harness has generated a large backlog every child would report the harness's
+    size. ``VmHWM`` belongs to the process's own address space and only grows, so reading it
+    every few milliseconds catches the peak.
+    """
+    while not done.is_set():
+        for each in (pid, *_children(pid)):
+            peak[0] = max(peak[0], _vm_hwm_kib(each))
+        done.wait(0.02)
+
+
 def measure(command: list[str], *, env: dict[str, str] | None = None) -> Measured:
-    """Run ``command`` to its end; CPU and peak RSS from the kernel's rusage of the child."""
+    """Run ``command`` to its end; CPU from the kernel's rusage of the child (with its own
+    children), peak RSS from ``VmHWM`` (see :func:`_watch_peak_rss`)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env, cwd=_ROOT)
+        done, peak = threading.Event(), [0]
+        watcher = threading.Thread(
+            target=_watch_peak_rss, args=(process.pid, done, peak), daemon=True
+        )
+        watcher.start()
         _, status, usage = os.wait4(process.pid, 0)
+        done.set()
+        watcher.join()
         wall = time.monotonic() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
@@ -126,7 +169,7 @@ def measure(command: list[str], *, env: dict[str, str] | None = None) -> Measure
         return Measured(
             wall_seconds=wall,
             cpu_seconds=usage.ru_utime + usage.ru_stime,
-            peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
+            peak_rss_mb=peak[0] / 1024,  # KiB
             returncode=process.returncode,
             stdout=out.read().decode(errors="replace"),
             stderr=err.read().decode(errors="replace"),
