@@ -99,6 +99,11 @@ def _settings_options(func: F) -> F:
         ),
         click.option("--otlp-timeout-ms", type=int, help="OTLP export timeout (ms)."),
         click.option(
+            "--otlp-certificate",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="PEM CA certificates for a TLS collector ($OTEL_EXPORTER_OTLP_CERTIFICATE).",
+        ),
+        click.option(
             "--otlp-insecure/--otlp-secure",
             default=None,
             help="gRPC without TLS (endpoints without http/https scheme).",

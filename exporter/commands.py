@@ -117,9 +117,6 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
     stop.set()
 
 
-# ---------------------------------------------------------------------------------- commands
-
-
 async def _run(settings: Settings) -> int:
     stop = asyncio.Event()
     _install_signals(stop)
