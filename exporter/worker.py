@@ -187,7 +187,6 @@ class Worker:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._client: _Source = client
-        self._exporter = exporter
         self._checkpoint = checkpoint
         self._state: StreamState = checkpoint.stream(stream)
         self._filter = filt
@@ -265,7 +264,7 @@ class Worker:
         batch = _Batch()
         try:
             async for fetched in self._fetch_ahead(self._items(mode, summary)):
-                await self._consume(fetched, batch, summary, mode)
+                await self._consume(fetched, batch, summary)
                 if len(batch.spans) >= self._options.batch_size:
                     await self._ship(batch, summary)
                     batch = _Batch()
@@ -467,9 +466,7 @@ class Worker:
         if not done.cancelled():
             done.exception()  # retrieved here: every waiter may have been cancelled
 
-    async def _consume(
-        self, fetched: _Fetched, batch: _Batch, summary: ExportSummary, mode: str
-    ) -> None:
+    async def _consume(self, fetched: _Fetched, batch: _Batch, summary: ExportSummary) -> None:
         item = fetched.item
         if item.position is not None:
             batch.last_position = item.position
