@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from exporter.convert import run_span_id_for, span_id_for, trace_id_for_run
-from exporter.testing import LettaStore
+from testkit import LettaStore
 
 __all__ = ["SIZES", "Backlog", "BacklogSpec", "build_store", "expected_span_ids", "sized_request"]
 

@@ -1,7 +1,7 @@
 """The benchmark's servers, each in its own process: a fast fake Letta and a counting receiver.
 
-The fake Letta answers with :class:`exporter.testing.FakeLetta`'s own routing (same routes, same
-cursors, same flavours) over the generated :class:`~exporter.testing.LettaStore`, but through a
+The fake Letta answers with :class:`testkit.FakeLetta`'s own routing (same routes, same
+cursors, same flavours) over the generated :class:`~testkit.LettaStore`, but through a
 small asyncio HTTP/1.1 server instead of the stdlib ``ThreadingHTTPServer``: bodies are the
 store's pre-serialized bytes, connections are kept alive, a request costs one ``data_received``
 and one ``write``, and a fixed latency is a timer (``call_later``), not a sleeping thread. The
@@ -60,7 +60,7 @@ class _LettaProtocol(asyncio.Protocol):
     """One keep-alive connection: parse GET requests, answer each from the fake's routes."""
 
     def __init__(self, fake: Any, stats: _Stats, latency: float) -> None:
-        from exporter.testing.fake_letta import _Query
+        from testkit.fake_letta import _Query
 
         self._fake = fake
         self._query = _Query
@@ -138,7 +138,7 @@ class _LettaProtocol(asyncio.Protocol):
 def _serve_letta(conn: Connection, spec: Any, flavour: str, latency_ms: float) -> None:
     """The fake Letta process: build the store, serve, answer control messages."""
     from bench.backlog import build_store
-    from exporter.testing import FakeLetta
+    from testkit import FakeLetta
 
     started = time.monotonic()
     store, backlog = build_store(spec)
@@ -233,7 +233,7 @@ class LettaProcess:
 
 # ------------------------------------------------------------------------------- receiver
 def _serve_receiver(conn: Connection, workers: int) -> None:
-    from exporter.testing import OtlpReceiver
+    from testkit import OtlpReceiver
 
     with OtlpReceiver(count_only=True, max_workers=workers) as receiver:
         conn.send(("ready", receiver.grpc_endpoint, receiver.http_base_endpoint))

@@ -17,7 +17,7 @@ import pytest
 
 from exporter.convert import span_id_for
 from exporter.sink import otlp_json_to_request
-from exporter.testing import FakeLetta, LettaStore, OtlpReceiver
+from testkit import FakeLetta, LettaStore, OtlpReceiver
 from tests.conftest import CLOUD, LETTA
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1013,9 +1013,7 @@ def test_configuration_doc_flags_exist() -> None:
         flag for row in config_doc_rows().values() for flag in re.findall(r"`(--[\w-]+)", row)
     }
     assert documented, "the table names the flags"
-    assert documented <= options, (
-        f"flags in README.md but not in the CLI: {documented - options}"
-    )
+    assert documented <= options, f"flags in README.md but not in the CLI: {documented - options}"
 
 
 def test_deploy_doc_lists_the_published_ports(services: dict[str, Any]) -> None:

@@ -35,7 +35,7 @@ from exporter.sink import (
     parse_retry_after,
     resolve_grpc_target,
 )
-from exporter.testing.otlp_receiver import OtlpReceiver
+from testkit.otlp_receiver import OtlpReceiver
 
 from ._sink_spans import SECRET, ids, make_batch
 

@@ -22,7 +22,7 @@ from exporter.sink import (
     otlp_json_to_request,
     spans_to_otlp_json,
 )
-from exporter.testing.otlp_receiver import OtlpReceiver, decode_attributes
+from testkit.otlp_receiver import OtlpReceiver, decode_attributes
 
 from ._sink_spans import BASE_NS, ids, make_batch, make_span, span_id, trace_id
 

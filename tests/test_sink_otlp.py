@@ -11,7 +11,7 @@ import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from exporter.sink import DeliveringExporter, Delivery, OtlpGrpcExporter, OtlpHttpExporter
-from exporter.testing.otlp_receiver import OtlpReceiver
+from testkit.otlp_receiver import OtlpReceiver
 
 from ._sink_spans import BASE_NS, SECRET, ids, make_batch, make_span, span_id, trace_id
 

@@ -12,7 +12,7 @@ from google.rpc import status_pb2
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from exporter.sink import OtlpGrpcExporter, OtlpHttpExporter
-from exporter.testing.otlp_receiver import OtlpReceiver
+from testkit.otlp_receiver import OtlpReceiver
 
 from ._sink_spans import SECRET, ids, make_batch
 

@@ -22,7 +22,7 @@ from exporter.models import ProviderTrace
 from exporter.settings import Settings
 from exporter.source import LettaClient, RetryPolicy, StepFilter
 from exporter.source._retry import parse_retry_after
-from exporter.testing import FakeLetta, Fault
+from testkit import FakeLetta, Fault
 from tests.conftest import LETTA
 
 FAST = RetryPolicy(max_retries=3, initial_backoff=0.01, max_backoff=0.02)

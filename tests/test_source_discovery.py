@@ -10,8 +10,8 @@ import pytest
 
 from exporter.errors import SourceHTTPError
 from exporter.source import LettaClient, RetryPolicy, StepFilter
-from exporter.testing import FakeLetta, LettaStore
-from exporter.testing.fake_letta import _Answer, _Query
+from testkit import FakeLetta, LettaStore
+from testkit.fake_letta import _Answer, _Query
 from tests.conftest import LETTA
 
 FAST = RetryPolicy(max_retries=2, initial_backoff=0.01, max_backoff=0.02)

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from exporter.models import Agent, RunMetrics, Step, StepMetrics, parse_record, parse_trace_body
-from exporter.testing import FakeLetta, Fault, LettaStore
+from testkit import FakeLetta, Fault, LettaStore
 from tests.conftest import LETTA
 
 STEP_FILES = sorted((LETTA / "steps").glob("*.json"))

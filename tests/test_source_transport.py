@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from exporter.source._transport import LeanTransport, lean_transport_applies
-from exporter.testing import FakeLetta, LettaStore
+from testkit import FakeLetta, LettaStore
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

@@ -19,8 +19,8 @@ from exporter.shipping import UndeliveredError
 from exporter.sink import build_exporter
 from exporter.source import LettaClient
 from exporter.telemetry import Metrics
-from exporter.testing import FakeLetta, LettaStore, OtlpReceiver
 from exporter.worker import Worker, in_shard
+from testkit import FakeLetta, LettaStore, OtlpReceiver
 from tests.conftest import LETTA
 
 FIXTURE_STEPS = {

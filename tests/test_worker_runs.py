@@ -15,7 +15,7 @@ from exporter.settings import Settings
 from exporter.sink import build_exporter
 from exporter.source import LettaClient
 from exporter.telemetry import Metrics
-from exporter.testing import FakeLetta, LettaStore, OtlpReceiver
+from testkit import FakeLetta, LettaStore, OtlpReceiver
 
 RUNS = 20
 STEPS_PER_RUN = 3

@@ -1,4 +1,8 @@
-"""Test doubles shipped with the package, on real sockets: an OTLP receiver and a fake Letta."""
+"""Test doubles on real sockets: an OTLP receiver and a fake Letta.
+
+They live beside the exporter, not in it: ``pip install .`` does not install them; the tests, the
+benchmarks and a checkout's demos import them from the repository root.
+"""
 
 from __future__ import annotations
 

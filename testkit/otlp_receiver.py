@@ -795,7 +795,7 @@ def _decode_http(
         return None
     try:
         if content_type == _JSON:
-            from ..sink import otlp_json_to_request  # only JSON needs the sink's id handling
+            from exporter.sink import otlp_json_to_request  # only JSON needs the id handling
 
             return otlp_json_to_request(body)
         request = trace_service_pb2.ExportTraceServiceRequest()
