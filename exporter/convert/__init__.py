@@ -10,8 +10,17 @@ from __future__ import annotations
 
 from ._ids import run_span_id_for, span_id_for, trace_id_for_run
 from ._options import ConvertOptions, TraceContext
+from ._prices import Cost, ModelPrices, PriceTable, parse_prices, price_of
 from ._semconv import SCHEMA_URL, SCOPE_NAME, SEMCONV_VERSION
-from ._spans import SCOPE, build_resource, convert_run, convert_trace
+from ._spans import (
+    SCOPE,
+    build_resource,
+    conversion_notes,
+    convert_run,
+    convert_trace,
+    needs_run_span,
+)
+from ._summary import RunSummary, summarize_call
 
 __all__ = [
     "SCHEMA_URL",
@@ -19,11 +28,20 @@ __all__ = [
     "SCOPE_NAME",
     "SEMCONV_VERSION",
     "ConvertOptions",
+    "Cost",
+    "ModelPrices",
+    "PriceTable",
+    "RunSummary",
     "TraceContext",
     "build_resource",
+    "conversion_notes",
     "convert_run",
     "convert_trace",
+    "needs_run_span",
+    "parse_prices",
+    "price_of",
     "run_span_id_for",
     "span_id_for",
+    "summarize_call",
     "trace_id_for_run",
 ]

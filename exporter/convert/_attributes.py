@@ -118,7 +118,7 @@ class SpanAttributes:
         max_bytes: the per-attribute size limit in UTF-8 bytes.
     """
 
-    __slots__ = ("_json", "max_bytes", "redactors", "values", "warnings")
+    __slots__ = ("_capped", "_json", "max_bytes", "redactors", "values", "warnings")
 
     def __init__(self, redactors: tuple[re.Pattern[str], ...], max_bytes: int) -> None:
         self.values: dict[str, AttributeValue] = {}
@@ -128,6 +128,8 @@ class SpanAttributes:
         # JSON-valued attributes kept as cleaned structures until finish(): their truncation
         # must keep them valid JSON. Value: (structure, may shortened containers get markers).
         self._json: dict[str, tuple[Any, bool]] = {}
+        # Attributes shortened by a cap of their own (tags, model names) before finish().
+        self._capped: list[str] = []
 
     # --- writing ---------------------------------------------------------------------------
     def warn(self, message: str) -> None:
@@ -181,6 +183,11 @@ class SpanAttributes:
             return
         if where:
             self.warn(f"{where}: expected a list of strings, got {type(value).__name__}")
+
+    def mark_truncated(self, key: str) -> None:
+        """Name ``key`` in ``letta.content.truncated``: a cap of its own shortened it."""
+        if key not in self._capped:
+            self._capped.append(key)
 
     def put_json(self, key: str, structure: Any, *, markers: bool) -> None:
         """Set ``key`` to a cleaned JSON structure, serialised (and fitted) in :meth:`finish`."""
@@ -256,7 +263,7 @@ class SpanAttributes:
     # --- reading ---------------------------------------------------------------------------
     def finish(self) -> dict[str, AttributeValue]:
         """The final attributes: JSON serialised, strings redacted and fitted, warnings added."""
-        truncated: list[str] = []
+        truncated: list[str] = list(self._capped)
         limit = self.max_bytes
         for key, (structure, markers) in self._json.items():
             text, cut = fit_json(structure, limit, markers=markers)
@@ -275,11 +282,11 @@ class SpanAttributes:
                 text, cut = self._fit(value, limit)
                 if text is not value:
                     self.values[key] = text
-                if cut:
+                if cut and key not in truncated:
                     truncated.append(key)
             elif isinstance(value, tuple) and value and isinstance(value[0], str):
                 fitted = [self._fit(item, limit) for item in value]
-                if any(cut for _, cut in fitted):
+                if any(cut for _, cut in fitted) and key not in truncated:
                     truncated.append(key)
                 self.values[key] = tuple(text for text, _ in fitted)
         if truncated:

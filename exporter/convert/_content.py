@@ -13,7 +13,10 @@ GenAI conventions' role/parts JSON schema:
 * ``gen_ai.tool.definitions``: the tools offered to the model.
 
 ``raw`` puts ``request_json`` and ``response_json`` themselves on the span
-(``letta.request.json`` / ``letta.response.json``). In every policy credential keys are replaced
+(``letta.request.json`` / ``letta.response.json``). Under both ``full`` and ``raw`` the span also
+gets what LLM viewers show in their input/output columns: ``input.value`` (the messages sent, as
+JSON) and ``output.value`` (the completion text, else its tool calls as JSON), with their mime
+types. In every policy credential keys are replaced
 and redaction patterns applied (:class:`~._sanitize.Cleaner`) before the size limit.
 """
 
@@ -31,12 +34,18 @@ from ._semconv import (
     GEN_AI_OUTPUT_MESSAGES,
     GEN_AI_SYSTEM_INSTRUCTIONS,
     GEN_AI_TOOL_DEFINITIONS,
+    INPUT_MIME_TYPE,
+    INPUT_VALUE,
     LETTA_REQUEST_JSON,
     LETTA_RESPONSE_JSON,
+    MIME_JSON,
+    MIME_TEXT,
+    OUTPUT_MIME_TYPE,
+    OUTPUT_VALUE,
 )
 from ._shapes import Shape
 
-__all__ = ["add_content"]
+__all__ = ["add_content", "answer_text", "output_value", "user_input_text"]
 
 Part = dict[str, Any]
 Message = dict[str, Any]
@@ -56,13 +65,15 @@ def add_content(
     out: SpanAttributes,
 ) -> None:
     """Put the content the policy allows on the span (nothing for ``none``)."""
+    if options.content == "none":
+        return
+    reader = _Reader(cleaner, out)
+    system, inputs = _INPUT_CONVERTERS.get(request_shape, _no_input)(reader, request)
+    outputs = _OUTPUT_CONVERTERS.get(response_shape, _no_output)(reader, response)
     if options.content == "raw":
         out.put_json(LETTA_REQUEST_JSON, cleaner.clean(request), markers=True)
         out.put_json(LETTA_RESPONSE_JSON, cleaner.clean(response), markers=True)
-    elif options.content == "full":
-        reader = _Reader(cleaner, out)
-        system, inputs = _INPUT_CONVERTERS.get(request_shape, _no_input)(reader, request)
-        outputs = _OUTPUT_CONVERTERS.get(response_shape, _no_output)(reader, response)
+    else:
         tools = reader.tool_definitions(request, request_shape)
         for key, value in (
             (GEN_AI_SYSTEM_INSTRUCTIONS, system),
@@ -72,6 +83,105 @@ def add_content(
         ):
             if value:
                 out.put_json(key, value, markers=False)
+    # What a viewer's input/output columns show (OpenInference input.value / output.value).
+    sent = ([{"role": "system", "parts": system}] if system else []) + inputs
+    if sent:
+        out.put_json(INPUT_VALUE, sent, markers=False)
+        out.values[INPUT_MIME_TYPE] = MIME_JSON
+    answer = output_value(outputs)
+    if answer is not None:
+        value, mime = answer
+        if mime == MIME_JSON:
+            out.put_json(OUTPUT_VALUE, value, markers=False)
+        else:
+            out.values[OUTPUT_VALUE] = value
+        out.values[OUTPUT_MIME_TYPE] = mime
+
+
+def _texts(message: Message) -> list[str]:
+    return [
+        part["content"]
+        for part in message.get("parts", ())
+        if isinstance(part, dict)
+        and part.get("type") == "text"
+        and isinstance(part.get("content"), str)
+    ]
+
+
+def _tool_calls(message: Message) -> list[Part]:
+    return [
+        part
+        for part in message.get("parts", ())
+        if isinstance(part, dict) and part.get("type") == "tool_call"
+    ]
+
+
+def output_value(outputs: list[Message]) -> tuple[Any, str] | None:
+    """The completion as a viewer shows it: its text; with tool calls, text and calls as JSON."""
+    calls = [call for message in outputs for call in _tool_calls(message)]
+    if calls:
+        shown = [
+            part
+            for message in outputs
+            for part in message.get("parts", ())
+            if isinstance(part, dict) and part.get("type") in ("text", "tool_call")
+        ]
+        return shown, MIME_JSON
+    texts = [text for message in outputs for text in _texts(message) if text]
+    if texts:
+        return "\n".join(texts), MIME_TEXT
+    return None
+
+
+# --- the run's input and answer (for its invoke_agent span) ----------------------------------
+def _unwrap_letta_text(text: str) -> str:
+    # Older Letta agents wrap user text as {"type": "user_message", "message": ..., "time": ...}.
+    if text.startswith("{") and '"message"' in text:
+        try:
+            decoded = json.loads(text)
+        except (ValueError, RecursionError):
+            return text
+        message = decoded.get("message") if isinstance(decoded, dict) else None
+        if isinstance(message, str):
+            return message
+    return text
+
+
+def user_input_text(
+    request: dict[str, Any], shape: Shape, cleaner: Cleaner, out: SpanAttributes
+) -> str | None:
+    """The last user text the call was sent (the run's input when it is the run's first call)."""
+    reader = _Reader(cleaner, out)
+    _, inputs = _INPUT_CONVERTERS.get(shape, _no_input)(reader, request)
+    for message in reversed(inputs):
+        if message.get("role") == "user":
+            texts = [_unwrap_letta_text(text) for text in _texts(message) if text]
+            if texts:
+                return "\n".join(texts)
+    return None
+
+
+_SEND_MESSAGE: Final = "send_message"
+
+
+def answer_text(
+    response: dict[str, Any], shape: Shape, cleaner: Cleaner, out: SpanAttributes
+) -> str | None:
+    """The call's answer to the user: its text, or what a ``send_message`` tool call says."""
+    reader = _Reader(cleaner, out)
+    outputs = _OUTPUT_CONVERTERS.get(shape, _no_output)(reader, response)
+    # A send_message call is what the user was told (the text beside it is inner monologue).
+    for message in outputs:
+        for call in _tool_calls(message):
+            arguments = call.get("arguments")
+            if call.get("name") == _SEND_MESSAGE and isinstance(arguments, dict):
+                said = arguments.get("message")
+                if isinstance(said, str) and said:
+                    return said
+    if any(_tool_calls(message) for message in outputs):
+        return None  # a tool call, not an answer
+    texts = [text for message in outputs for text in _texts(message) if text]
+    return "\n".join(texts) if texts else None
 
 
 class _Reader:
@@ -247,7 +357,38 @@ class _Reader:
         if not isinstance(value, list):
             self.out.warn(f"{where}: expected a list, got {type(value).__name__}")
             return []
-        return [self.chat_message(message) for message in value]
+        messages: list[Message] = []
+        for message in value:
+            messages.extend(self.split_tool_results(message))
+        return messages
+
+    def split_tool_results(self, message: Any) -> list[Message]:
+        """A message, with Anthropic ``tool_result`` blocks as ``tool`` messages of their own.
+
+        Anthropic sends tool results as blocks inside a ``user`` message; the conventions (and
+        OpenAI) give each its own message with the ``tool`` role, so the results read the same
+        whatever the provider. Blocks keep their order: text around them stays ``user``.
+        """
+        content = message.get("content") if isinstance(message, dict) else None
+        if not (
+            isinstance(content, list)
+            and message.get("role") == "user"
+            and any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+        ):
+            return [self.chat_message(message)]
+        messages: list[Message] = []
+        pending: list[Any] = []
+        for block in content:
+            if isinstance(block, dict) and block.get("type") == "tool_result":
+                if pending:
+                    messages.append(self.chat_message({**message, "content": pending}))
+                    pending = []
+                messages.append({"role": "tool", "parts": self.block(block)})
+            else:
+                pending.append(block)
+        if pending:
+            messages.append(self.chat_message({**message, "content": pending}))
+        return messages
 
     def system_parts(self, system: Any) -> list[Part]:
         """Anthropic ``system`` (a string or text blocks) / Responses ``instructions``."""

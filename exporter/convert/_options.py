@@ -9,6 +9,8 @@ from typing import Final, Literal
 
 from exporter.models import Agent, Run, Step, StepMetrics
 
+from ._prices import PriceTable
+
 __all__ = ["ContentPolicy", "ConvertOptions", "TraceContext"]
 
 ContentPolicy = Literal["none", "full", "raw"]
@@ -34,12 +36,15 @@ class ConvertOptions:
             (settings validate them); here they are skipped, never raised.
         join_letta_traces: when the Step carries the Letta server's own OTel ``trace_id``, put the
             LLM span in that trace (as a root there, linked to the run span) instead of the run's.
+        prices: the user's price table (:func:`~exporter.convert.parse_prices`), consulted
+            before the price library; ``None``: the library's prices only.
     """
 
     content: ContentPolicy = "none"
     content_max_bytes: int = DEFAULT_CONTENT_MAX_BYTES
     redact_patterns: tuple[str, ...] = ()
     join_letta_traces: bool = False
+    prices: PriceTable | None = None
 
     @property
     def max_bytes(self) -> int:

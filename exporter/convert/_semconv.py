@@ -11,6 +11,19 @@ We do not import these names from ``opentelemetry-semantic-conventions``: in 0.6
 names are marked deprecated ("moved to the GenAI repository") and their enums warn on import.
 
 Names under ``letta.`` are this project's own; the README's span reference lists every one of them.
+
+Viewer names (the block "viewers" below) are those LLM viewers read beside the GenAI ones, looked
+up in their own sources rather than guessed:
+
+* OpenInference, read by Arize Phoenix (and by Langfuse as a fallback): ``input.value``,
+  ``output.value``, their ``*.mime_type``, ``session.id``, ``user.id`` and ``llm.cost.*``, from
+  ``Arize-ai/openinference`` ``spec/semantic_conventions.md`` at commit 1fe497f
+  (openinference-semantic-conventions 0.1.32).
+* Langfuse, ``packages/shared/src/server/otel/OtelIngestionProcessor.ts`` of ``langfuse/langfuse``
+  at commit 6275144: ``extractInputAndOutput`` reads ``input.value``/``output.value``,
+  ``extractSessionId`` ``session.id`` (then ``gen_ai.conversation.id``), ``extractUserId``
+  ``user.id``, and ``extractCostDetails`` ``gen_ai.usage.cost`` (USD, the total), then
+  ``llm.cost.total``.
 """
 
 from __future__ import annotations
@@ -64,6 +77,20 @@ OPENAI_API_TYPE: Final = "openai.api.type"
 OPENAI_REQUEST_SERVICE_TIER: Final = "openai.request.service_tier"
 OPENAI_RESPONSE_SERVICE_TIER: Final = "openai.response.service_tier"
 OPENAI_RESPONSE_SYSTEM_FINGERPRINT: Final = "openai.response.system_fingerprint"
+
+# --- viewers (OpenInference / Phoenix, Langfuse; versions in the module docstring) -----------
+INPUT_VALUE: Final = "input.value"
+INPUT_MIME_TYPE: Final = "input.mime_type"
+OUTPUT_VALUE: Final = "output.value"
+OUTPUT_MIME_TYPE: Final = "output.mime_type"
+SESSION_ID: Final = "session.id"
+USER_ID: Final = "user.id"
+GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"
+LLM_COST_TOTAL: Final = "llm.cost.total"
+LLM_COST_PROMPT: Final = "llm.cost.prompt"
+LLM_COST_COMPLETION: Final = "llm.cost.completion"
+MIME_JSON: Final = "application/json"
+MIME_TEXT: Final = "text/plain"
 
 # --- core, stable (v1.41.1) ------------------------------------------------------------------
 SERVER_ADDRESS: Final = "server.address"
@@ -134,6 +161,14 @@ LETTA_RUN_STEP_COUNT: Final = "letta.run.step_count"
 LETTA_RUN_CREATED_AT: Final = "letta.run.created_at"
 LETTA_RUN_COMPLETED_AT: Final = "letta.run.completed_at"
 LETTA_LINK_KIND: Final = "letta.link.kind"
+LETTA_RUN_FAILED_CALLS: Final = "letta.run.failed_calls"
+LETTA_COST_SOURCE: Final = "letta.cost.source"
+LETTA_SUMMARIZATION: Final = "letta.summarization"
+
+# Values of letta.call_type and letta.cost.source.
+CALL_TYPE_SUMMARIZATION: Final = "summarization"
+COST_SOURCE_LIBRARY: Final = "genai-prices"
+COST_SOURCE_USER: Final = "user"
 
 # Values of letta.duration.source / letta.timestamp.source / letta.usage.source.
 SOURCE_LATENCY_MS: Final = "latency_ms"

@@ -34,6 +34,7 @@ from ._ids import (
     trace_id_for_run,
 )
 from ._options import ConvertOptions, TraceContext
+from ._prices import price_of
 from ._providers import parse_endpoint, provider_name
 from ._sanitize import Cleaner, scrub_url_userinfo
 from ._shapes import (
@@ -45,9 +46,17 @@ from ._shapes import (
     request_shape,
     response_shape,
 )
+from ._summary import RunSummary
 from ._timing import call_timing, datetime_to_ns, run_timing
 
-__all__ = ["SCOPE", "build_resource", "convert_run", "convert_trace"]
+__all__ = [
+    "SCOPE",
+    "build_resource",
+    "conversion_notes",
+    "convert_run",
+    "convert_trace",
+    "needs_run_span",
+]
 
 SCOPE: Final = InstrumentationScope(sc.SCOPE_NAME, __version__, sc.SCHEMA_URL)
 _SAMPLED: Final = TraceFlags(TraceFlags.SAMPLED)
@@ -58,6 +67,22 @@ _PROVIDER_SHAPES: Final = frozenset(
 # Step token counts describe the step's agent call; a summarization call in the same step has its
 # own usage, so the step's counts stand in only for agent-step calls.
 _STEP_USAGE_CALL_TYPES: Final = frozenset({None, "agent_step"})
+# Model names and agent tags are copied from records: a runaway value (a 1 MB model name, 10,000
+# tags) must not become a 16 KB span name or a 259 KB attribute. Capped ones are named in
+# letta.content.truncated.
+MAX_MODEL_CHARS: Final = 256
+MAX_TAGS: Final = 64
+# Letta stop reasons that mean the run ended because something went wrong.
+_ERROR_STOP_REASONS: Final = frozenset(
+    {
+        "error",
+        "llm_api_error",
+        "invalid_llm_response",
+        "invalid_tool_call",
+        "context_window_overflow_in_system_prompt",
+    }
+)
+_EMPTY_SUMMARY: Final = RunSummary()
 
 _STEP_STRINGS: Final = (
     ("status", "letta.step.status"),
@@ -170,6 +195,7 @@ def convert_run(
     first_start_ns: int | None = None,
     last_end_ns: int | None = None,
     step_count: int = 0,
+    summary: RunSummary | None = None,
     options: ConvertOptions = _DEFAULT_OPTIONS,
     resource: Resource,
 ) -> ReadableSpan:
@@ -181,14 +207,27 @@ def convert_run(
         first_start_ns: the earliest start of the run's LLM spans; the span starts no later.
         last_end_ns: the latest end of the run's LLM spans; the span ends no earlier.
         step_count: how many steps the run had (``letta.run.step_count``).
-        options: the size limit and redaction apply here too.
+        summary: what the run's calls said (:func:`summarize_call`, merged): the run's input
+            and answer, failed calls, and the agent, provider, model and user when neither the
+            run nor the agent says (file mode).
+        options: the content policy, size limit and redaction apply here too.
         resource: from :func:`build_resource`.
 
     Returns:
-        The span (kind INTERNAL, status ERROR when the run failed). Never raises.
+        The span (kind INTERNAL, status ERROR when the run failed, or when calls failed and
+        the run ended on an error). Never raises.
     """
     try:
-        return _convert_run(run, agent, first_start_ns, last_end_ns, step_count, options, resource)
+        return _convert_run(
+            run,
+            agent,
+            first_start_ns,
+            last_end_ns,
+            step_count,
+            summary or _EMPTY_SUMMARY,
+            options,
+            resource,
+        )
     except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; say what happened
         return _fallback_run_span(run, resource, exc)
 
@@ -199,20 +238,35 @@ def _convert_run(
     first_start_ns: int | None,
     last_end_ns: int | None,
     step_count: int,
+    summary: RunSummary,
     options: ConvertOptions,
     resource: Resource,
 ) -> ReadableSpan:
     out = SpanAttributes(options.redactors, options.max_bytes)
     cleaner = Cleaner(options.redactors)
-    agent_id = run.agent_id or (agent.id if agent else None)
-    agent_name = agent.name if agent else None
+    agent_id = _first_str(run.agent_id, agent.id if agent else None, summary.agent_id)
+    agent_name = _capped_name(agent.name if agent else None)
     values = out.values
     values[sc.GEN_AI_OPERATION_NAME] = sc.OP_INVOKE_AGENT
     out.put_str(sc.GEN_AI_AGENT_ID, agent_id)
     out.put_str(sc.GEN_AI_AGENT_NAME, agent_name)
-    out.put_str(sc.GEN_AI_CONVERSATION_ID, run.conversation_id)
+    _put_session(out, run.conversation_id, agent_id, summary.user_id)
     if agent is not None:
         _convert_agent(agent, out, cleaner, description=True)
+    # File mode has no agent record: the calls say which provider and model the run used.
+    if sc.GEN_AI_PROVIDER_NAME not in values:
+        out.put_str(sc.GEN_AI_PROVIDER_NAME, summary.provider)
+    if sc.GEN_AI_REQUEST_MODEL not in values:
+        _put_model(out, sc.GEN_AI_REQUEST_MODEL, summary.model)
+    if options.content != "none":
+        if summary.input_text:
+            values[sc.INPUT_VALUE] = summary.input_text
+            values[sc.INPUT_MIME_TYPE] = sc.MIME_TEXT
+        if summary.output_text:
+            values[sc.OUTPUT_VALUE] = summary.output_text
+            values[sc.OUTPUT_MIME_TYPE] = sc.MIME_TEXT
+    if summary.failed_calls:
+        values[sc.LETTA_RUN_FAILED_CALLS] = min(summary.failed_calls, INT64_MAX)
     values[sc.LETTA_RUN_ID] = run.id
     out.put_str(sc.LETTA_AGENT_ID, agent_id)
     out.put_str(sc.LETTA_RUN_STATUS, run.status)
@@ -233,16 +287,17 @@ def _convert_run(
 
     status = Status(StatusCode.UNSET)
     if run.status == "failed":
-        message = _run_error_message(run)
-        values[sc.ERROR_TYPE] = _run_error_type(run, message)
-        status = Status(
-            StatusCode.ERROR, out.fit_text(scrub_url_userinfo(message)) if message else None
-        )
+        message = _run_error_message(run) or summary.last_error_message
+        values[sc.ERROR_TYPE] = _run_error_type(run, _run_error_message(run), summary)
+        status = _error_status(message, out)
+    elif _ended_on_failed_calls(run, summary):
+        values[sc.ERROR_TYPE] = _run_error_type(run, None, summary)
+        status = _error_status(summary.last_error_message or run.stop_reason, out)
 
     start, end = run_timing(run, first_start_ns, last_end_ns, out)
     trace_id = trace_id_for_run(run.id)
     name = (
-        f"{sc.OP_INVOKE_AGENT} {agent_name or agent_id}"
+        out.fit_text(f"{sc.OP_INVOKE_AGENT} {agent_name or agent_id}")
         if (agent_name or agent_id)
         else sc.OP_INVOKE_AGENT
     )
@@ -260,6 +315,48 @@ def _convert_run(
         end_time=end,
         instrumentation_scope=SCOPE,
     )
+
+
+def needs_run_span(trace: ProviderTrace, context: TraceContext | None = None) -> bool:
+    """Whether this call hangs under an ``invoke_agent`` run span (so one must be exported).
+
+    A call with a run does, except a summarization call no agent is known for: a compaction is
+    not an agent run, and a run span with no agent would be a bare ``invoke_agent``. Such a call
+    stays in the run's trace as a root of its own.
+    """
+    ctx = context or TraceContext()
+    run_id = _first_str(
+        trace.run_id,
+        ctx.step.run_id if ctx.step else None,
+        ctx.metrics.run_id if ctx.metrics else None,
+        ctx.run.id if ctx.run else None,
+    )
+    if run_id is None:
+        return False
+    if trace.call_type != sc.CALL_TYPE_SUMMARIZATION:
+        return True
+    return (
+        _first_str(
+            trace.agent_id,
+            ctx.step.agent_id if ctx.step else None,
+            ctx.agent.id if ctx.agent else None,
+        )
+        is not None
+    )
+
+
+def conversion_notes(span: ReadableSpan) -> tuple[str, ...]:
+    """What the converter had to leave out, shorten or distrust on this span, for a log line.
+
+    The converter logs nothing; the caller logs these (rate-limited): the span's
+    ``letta.convert.warnings`` and the attributes named in ``letta.content.truncated``.
+    """
+    attrs = span.attributes or {}
+    notes = [str(w) for w in attrs.get(sc.LETTA_CONVERT_WARNINGS, ())]  # type: ignore[union-attr]
+    truncated = attrs.get(sc.LETTA_CONTENT_TRUNCATED)
+    if truncated:
+        notes.append(f"shortened to the size limits: {', '.join(map(str, truncated))}")  # type: ignore[arg-type]
+    return tuple(notes)
 
 
 # --- the LLM span ----------------------------------------------------------------------------
@@ -302,18 +399,27 @@ def _identity(
     run_id: str | None,
     letta_trace: str | None,
     out: SpanAttributes,
+    *,
+    under_run: bool = True,
 ) -> _Identity:
-    """The run's trace with the run span as parent; else a trace of its own (or Letta's)."""
+    """The run's trace with the run span as parent; else a trace of its own (or Letta's).
+
+    ``under_run=False`` (a summarization call no agent is known for) keeps the run's trace but
+    no parent: there is no agent run span to hang it under.
+    """
     span_id = span_id_for(record_key)
     parent: SpanContext | None = None
     links: tuple[Link, ...] = ()
     if run_id:
         trace_id = trace_id_for_run(run_id)
-        parent = SpanContext(
-            trace_id, run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED
-        )
+        if under_run:
+            parent = SpanContext(
+                trace_id, run_span_id_for(run_id), is_remote=False, trace_flags=_SAMPLED
+            )
+    elif step_id is None:
+        trace_id = trace_id_for_record(record_key)
     else:
-        trace_id = trace_id_for_record(step_id or record_key)
+        trace_id = trace_id_for_record(step_id)
     letta_trace_id = parse_trace_id_hex(letta_trace)
     if letta_trace_id is not None:
         # Joined: a root in the Letta server's trace (its span ids are not recorded), linked to
@@ -350,8 +456,17 @@ def _convert_trace(
         trace.agent_id, step.agent_id if step else None, agent.id if agent else None
     )
     letta_trace = step.trace_id if (options.join_letta_traces and step) else None
+    summarization = trace.call_type == sc.CALL_TYPE_SUMMARIZATION
+    if summarization:
+        values[sc.LETTA_SUMMARIZATION] = True
     identity = _identity(
-        _record_key(trace, step_id, run_id, out), step_id, run_id, letta_trace, out
+        _record_key(trace, step_id, run_id, out),
+        # A compaction outside any run is a trace of its own, never a step's.
+        None if summarization and not run_id else step_id,
+        run_id,
+        letta_trace,
+        out,
+        under_run=not summarization or agent_id is not None,
     )
 
     # What API, which provider, where.
@@ -371,8 +486,11 @@ def _convert_trace(
     values[sc.GEN_AI_OPERATION_NAME] = operation
     out.put_str(sc.GEN_AI_PROVIDER_NAME, provider)
     facts = read_request(request, req_shape, out, openai=openai)
-    model = _first_str(facts.model, llm_config.get("model"), step.model if step else None)
-    out.put_str(sc.GEN_AI_REQUEST_MODEL, model)
+    model = _put_model(
+        out,
+        sc.GEN_AI_REQUEST_MODEL,
+        _first_str(facts.model, llm_config.get("model"), step.model if step else None),
+    )
     if endpoint is not None:
         values[sc.SERVER_ADDRESS] = endpoint.host
         if endpoint.port is not None:
@@ -391,6 +509,7 @@ def _convert_trace(
 
     # Response, usage, outcome.
     usage = read_response(response, resp_shape, out, openai=openai)
+    _put_model(out, sc.GEN_AI_RESPONSE_MODEL, values.get(sc.GEN_AI_RESPONSE_MODEL))
     usage_source = sc.SOURCE_RESPONSE_JSON
     error = read_error(response)
     if (
@@ -406,6 +525,7 @@ def _convert_trace(
             if count is not None:
                 values[attribute] = count
         values[sc.LETTA_USAGE_SOURCE] = usage_source
+        _put_cost(out, usage, provider, model, trace, options)
     status = Status(StatusCode.UNSET)
     if error is not None:
         values[sc.ERROR_TYPE] = error.error_type
@@ -427,8 +547,7 @@ def _convert_trace(
     if agent is not None:
         _convert_agent(agent, out, cleaner, description=False)
         out.put_str(sc.GEN_AI_AGENT_NAME, agent.name)
-    if run is not None:
-        out.put_str(sc.GEN_AI_CONVERSATION_ID, run.conversation_id)
+    _put_session(out, run.conversation_id if run else None, agent_id, trace.user_id)
 
     timing = call_timing(trace, metrics, step, out)
     values[sc.LETTA_DURATION_SOURCE] = timing.duration_source
@@ -439,7 +558,7 @@ def _convert_trace(
         out.warn("content: nesting deeper than the limit was replaced by a marker")
 
     return ReadableSpan(
-        name=out.fit_text(f"{operation} {model}") if model else operation,
+        name=f"{operation} {model}" if model else operation,
         context=identity.context,
         parent=identity.parent,
         resource=resource,
@@ -492,7 +611,7 @@ def _convert_provider_trace(
     out.put_str(sc.LETTA_CREATED_BY_ID, trace.created_by_id)
     out.put_str(sc.LETTA_LAST_UPDATED_BY_ID, trace.last_updated_by_id)
     if trace.agent_tags is not None:
-        out.put_strs(sc.LETTA_AGENT_TAGS, trace.agent_tags, where="agent_tags")
+        _put_tags(out, trace.agent_tags, where="agent_tags")
     if trace.latency_ms is not None:
         if -(2**63) <= trace.latency_ms < 2**63:
             values[sc.LETTA_LATENCY_MS] = trace.latency_ms
@@ -545,7 +664,7 @@ def _convert_agent(
     out.put_str(sc.LETTA_AGENT_TYPE, agent.agent_type)
     out.put_str(sc.LETTA_AGENT_PROJECT_ID, agent.project_id)
     if agent.tags is not None and sc.LETTA_AGENT_TAGS not in out.values:
-        out.put_strs(sc.LETTA_AGENT_TAGS, agent.tags)  # the trace's own tags win
+        _put_tags(out, agent.tags)  # the trace's own tags win
     extra = agent.model_extra or {}
     if description:
         # The invoke_agent span describes the agent: its description and model, when known.
@@ -562,7 +681,7 @@ def _convert_agent(
                     Shape.UNKNOWN,
                 ),
             )
-            out.put_str(sc.GEN_AI_REQUEST_MODEL, config.get("model"))
+            _put_model(out, sc.GEN_AI_REQUEST_MODEL, config.get("model"))
 
 
 # --- the run span's error --------------------------------------------------------------------
@@ -574,7 +693,7 @@ def _run_error_message(run: Run) -> str | None:
     return message if isinstance(message, str) and message else None
 
 
-def _run_error_type(run: Run, message: str | None) -> str:
+def _run_error_type(run: Run, message: str | None, summary: RunSummary) -> str:
     # Letta prefixes run errors with an upper-case code ("RATE_LIMIT_EXCEEDED: ..."): a good type.
     if message:
         code, sep, _ = message.partition(":")
@@ -582,7 +701,83 @@ def _run_error_type(run: Run, message: str | None) -> str:
             return code
     if run.stop_reason and run.stop_reason != "end_turn":
         return run.stop_reason
+    if summary.last_failed and summary.last_error_type:
+        return summary.last_error_type
     return sc.ERROR_TYPE_OTHER
+
+
+def _ended_on_failed_calls(run: Run, summary: RunSummary) -> bool:
+    """Calls failed and the run ended on an error (or, with no run record, on the failed call)."""
+    if not summary.failed_calls or run.status in ("completed", "cancelled"):
+        return False
+    if run.stop_reason is not None:
+        return run.stop_reason in _ERROR_STOP_REASONS
+    return run.status is None and summary.last_failed
+
+
+# --- sessions, caps, cost --------------------------------------------------------------------
+def _put_session(
+    out: SpanAttributes, conversation_id: str | None, agent_id: str | None, user_id: str | None
+) -> None:
+    """One session per Letta conversation, else per agent (its runs share one history)."""
+    session = _first_str(conversation_id, agent_id)
+    out.put_str(sc.GEN_AI_CONVERSATION_ID, session)
+    out.put_str(sc.SESSION_ID, session)
+    out.put_str(sc.USER_ID, user_id)
+
+
+def _capped_name(value: Any) -> str | None:
+    if not (isinstance(value, str) and value):
+        return None
+    return value if len(value) <= MAX_MODEL_CHARS else value[:MAX_MODEL_CHARS] + "..."
+
+
+def _put_model(out: SpanAttributes, key: str, value: Any) -> str | None:
+    """Set a model name attribute, capped at :data:`MAX_MODEL_CHARS`; return what was set."""
+    capped = _capped_name(value)
+    if capped is None:
+        return None
+    if capped is not value:
+        out.mark_truncated(key)
+    out.values[key] = capped
+    return capped
+
+
+def _put_tags(out: SpanAttributes, tags: Any, *, where: str | None = None) -> None:
+    if isinstance(tags, list | tuple) and len(tags) > MAX_TAGS:
+        tags = tags[:MAX_TAGS]
+        out.mark_truncated(sc.LETTA_AGENT_TAGS)
+    out.put_strs(sc.LETTA_AGENT_TAGS, tags, where=where)
+
+
+def _put_cost(
+    out: SpanAttributes,
+    usage: Usage,
+    provider: str | None,
+    model: str | None,
+    trace: ProviderTrace,
+    options: ConvertOptions,
+) -> None:
+    response_model = out.values.get(sc.GEN_AI_RESPONSE_MODEL)
+    cost = price_of(
+        models=(response_model if isinstance(response_model, str) else None, model),
+        provider=provider,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_creation_tokens=usage.cache_creation_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        when=trace.created_at,
+        table=options.prices,
+    )
+    if cost is None:
+        return
+    values = out.values
+    values[sc.GEN_AI_USAGE_COST] = cost.total
+    values[sc.LLM_COST_TOTAL] = cost.total
+    values[sc.LLM_COST_PROMPT] = cost.input
+    values[sc.LLM_COST_COMPLETION] = cost.output
+    values[sc.LETTA_COST_SOURCE] = cost.source
 
 
 # --- last resort -----------------------------------------------------------------------------

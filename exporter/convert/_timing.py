@@ -38,6 +38,9 @@ __all__ = ["Timing", "call_timing", "datetime_to_ns", "run_timing"]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _NS_PER_MS: Final = 1_000_000
+# Letta did not exist before this: an earlier record time (created_at: 0) is a placeholder or a
+# bug upstream, and its span would sit decades back in a viewer. It is kept, and said.
+IMPLAUSIBLE_BEFORE_NS: Final = 946_684_800 * 1_000_000_000  # 2000-01-01T00:00:00Z
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,8 @@ def call_timing(
     created = datetime_to_ns(trace.created_at)
     if trace.created_at is not None and created is None:
         out.warn("created_at: outside the range of OTel timestamps")
+    elif created is not None and created < IMPLAUSIBLE_BEFORE_NS:
+        out.warn("created_at: before 2000-01-01; the span's time is the record's, likely wrong")
     latency = trace.latency_ms
     if latency is not None and not 0 <= latency <= INT64_MAX // _NS_PER_MS:
         out.warn("latency_ms: not a usable duration")
@@ -137,6 +142,8 @@ def run_timing(
     """
     created = datetime_to_ns(run.created_at)
     completed = datetime_to_ns(run.completed_at)
+    if created is not None and created < IMPLAUSIBLE_BEFORE_NS:
+        out.warn("run.created_at: before 2000-01-01; the span's time is the record's, likely wrong")
     total = _valid_ns(run.total_duration_ns, positive=False)
     starts = [t for t in (created, _valid_ns(first_start_ns, positive=False)) if t is not None]
     ends = [t for t in (completed, _valid_ns(last_end_ns, positive=False)) if t is not None]
