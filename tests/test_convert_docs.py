@@ -38,9 +38,20 @@ RESOURCE = build_resource()
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
+def span_reference() -> str:
+    """The README's span reference: from its heading to the next top-level section."""
+    text = DOC.read_text()
+    start = text.index("## Span reference")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
 def documented() -> tuple[set[str], tuple[str, ...]]:
     names = set(
-        re.findall(r"`((?:gen_ai|letta|openai|server|error)\.[a-z0-9_.<>]+)`", DOC.read_text())
+        re.findall(
+            r"`((?:gen_ai|letta|openai|server|error|input|output|session|user|llm)\.[a-z0-9_.<>]+)`",
+            span_reference(),
+        )
     )
     exact = {n for n in names if "<" not in n}
     prefixes = tuple(n.split("<")[0] for n in names if "<" in n)

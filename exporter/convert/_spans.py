@@ -708,7 +708,7 @@ def _run_error_type(run: Run, message: str | None, summary: RunSummary) -> str:
 
 def _ended_on_failed_calls(run: Run, summary: RunSummary) -> bool:
     """Calls failed and the run ended on an error (or, with no run record, on the failed call)."""
-    if not summary.failed_calls or run.status in ("completed", "cancelled"):
+    if not summary.failed_calls or run.status == "cancelled":
         return False
     if run.stop_reason is not None:
         return run.stop_reason in _ERROR_STOP_REASONS
