@@ -11,10 +11,12 @@ import pytest
 
 from exporter.convert import (
     ConvertOptions,
+    RunSummary,
     TraceContext,
     build_resource,
     convert_run,
     convert_trace,
+    parse_prices,
 )
 from exporter.models import (
     Agent,
@@ -23,6 +25,7 @@ from exporter.models import (
     Run,
     Step,
     StepMetrics,
+    parse_record,
     parse_trace_body,
 )
 from tests.conftest import LETTA
@@ -181,6 +184,32 @@ def spans():
     )
     yield convert_run(run, agent=agent, step_count=2, resource=RESOURCE)
     yield convert_run(Run(id="r"), resource=RESOURCE)
+    summary = RunSummary(
+        input_text="hi",
+        output_text="bye",
+        failed_calls=1,
+        last_failed=True,
+        last_error_type="E",
+        last_error_message="m",
+        agent_id="agent-1",
+        provider="openai",
+        model="gpt",
+        user_id="u",
+    )
+    for mode in ("none", "full", "raw"):
+        yield convert_run(
+            Run(id="r2", stop_reason="error", conversation_id="c"),
+            summary=summary,
+            options=ConvertOptions(content=mode),
+            resource=RESOURCE,
+        )
+    rows = json.loads((LETTA / "traces" / "summarization_traces_from_database.json").read_bytes())
+    prices = parse_prices('[models."gpt-4.1"]\ninput = 1\noutput = 2')
+    for row in rows["rows"]:
+        trace = parse_record(ProviderTrace, json.dumps(row))
+        for mode in ("none", "full", "raw"):
+            opts = ConvertOptions(content=mode, prices=prices)
+            yield convert_trace(trace, options=opts, resource=RESOURCE)
 
 
 def test_every_emitted_attribute_is_documented():
@@ -220,3 +249,20 @@ def test_doc_mentions_core_names(key):
 def test_spans_from_rich_records_are_serialisable():
     for span in spans():
         json.loads(span.to_json())
+
+
+def test_the_rich_records_exercise_the_viewer_attributes():
+    emitted = {key for span in spans() for key in span.attributes}
+    assert {
+        "input.value",
+        "input.mime_type",
+        "output.value",
+        "output.mime_type",
+        "session.id",
+        "user.id",
+        "gen_ai.usage.cost",
+        "llm.cost.total",
+        "letta.cost.source",
+        "letta.summarization",
+        "letta.run.failed_calls",
+    } <= emitted
