@@ -227,3 +227,51 @@ def test_price_file_reader(tmp_path):
         load_price_table(bad, setting="LETTA_EXPORTER_PRICES_FILE")
     with pytest.raises(ConfigError, match="cannot read"):
         load_price_table(tmp_path / "missing.toml")
+
+
+def test_the_direct_arithmetic_agrees_with_the_library_over_the_whole_snapshot():
+    from genai_prices import Usage
+    from genai_prices.data_snapshot import get_snapshot
+
+    from exporter.convert._prices import _plain_cost
+
+    usages = [
+        {"input_tokens": 2357, "output_tokens": 56, "cache_read_tokens": 1152},
+        {
+            "input_tokens": 3500,
+            "output_tokens": 100,
+            "cache_read_tokens": 2000,
+            "cache_write_tokens": 500,
+        },
+        {"input_tokens": 10, "output_tokens": 0},
+        # past the long-context tiers (200k, 272k ...): every token at the tier's price
+        {
+            "input_tokens": 300_000,
+            "output_tokens": 1000,
+            "cache_read_tokens": 100_000,
+            "cache_write_tokens": 20_000,
+        },
+    ]
+    checked = 0
+    for provider in get_snapshot().providers:
+        for model in provider.models:
+            try:
+                model_price = model.get_prices(WHEN)
+            except (ValueError, LookupError):
+                continue
+            for usage in usages:
+                fast = _plain_cost(
+                    model_price,
+                    usage["input_tokens"],
+                    usage["output_tokens"],
+                    usage.get("cache_read_tokens"),
+                    usage.get("cache_write_tokens"),
+                )
+                if fast is None:
+                    continue
+                slow = model_price.calc_price(Usage(**usage))
+                assert fast.total == pytest.approx(float(slow["total_price"]), rel=1e-12, abs=0)
+                assert fast.input == pytest.approx(float(slow["input_price"]), rel=1e-12, abs=0)
+                assert fast.output == pytest.approx(float(slow["output_price"]), rel=1e-12, abs=0)
+                checked += 1
+    assert checked > 2000

@@ -207,6 +207,13 @@ def _library_cost(
     from genai_prices import Usage
 
     provider, info = found
+    try:
+        model_price = info.get_prices(when)
+    except (ValueError, LookupError):
+        return None
+    fast = _plain_cost(model_price, input_tokens, output_tokens, cache_read, cache_write)
+    if fast is not None:
+        return fast
     usage = {
         key: value
         for key, value in (
@@ -226,6 +233,73 @@ def _library_cost(
         float(price.total_price),
         float(price.input_price),
         float(price.output_price),
+        COST_SOURCE_LIBRARY,
+    )
+
+
+# The per-token prices a plain text-model price has; other units (per-search) cost nothing when
+# their count is not given, which it never is here.
+_PLAIN_KEYS: Final = frozenset({"input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"})
+_FREE_KEYS: Final = frozenset(
+    {"web_searches_kcount", "storage_searches_kcount", "cache_write_1h_mtok"}
+)
+
+
+def _rate(price: Any, total_input: Decimal) -> Decimal | None:
+    """A flat price, or a tiered one at the tier the call's whole input falls in (a cliff:
+    past a threshold every token pays that tier's price, as the library defines it)."""
+    if isinstance(price, Decimal):
+        return price
+    base, tiers = getattr(price, "base", None), getattr(price, "tiers", None)
+    if not isinstance(base, Decimal) or not isinstance(tiers, list):
+        return None
+    for tier in reversed(tiers):
+        if total_input > tier.start:
+            return tier.price if isinstance(tier.price, Decimal) else None
+    return base
+
+
+def _plain_cost(
+    model_price: Any,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cache_read: int | None,
+    cache_write: int | None,
+) -> Cost | None:
+    """The library's price, computed directly when it is a plain per-token price; else ``None``.
+
+    ``ModelPrice.calc_price`` resolves a unit registry on every call (~60 us, more than the rest
+    of a conversion); for the common case (flat input, cached input and output prices, no
+    tiers) the arithmetic is that of the price's own definition, and a test checks it against
+    the library's over the whole snapshot. Anything else (tiers, audio, per-request fees, a
+    cache count without a cache price) goes through the library.
+    """
+    stored = {key: value for key, value in vars(model_price).items() if value is not None}
+    if not stored.keys() <= _PLAIN_KEYS | _FREE_KEYS:
+        return None
+    total_input = _tokens(input_tokens)
+    prices: dict[str, Decimal] = {}
+    for key in _PLAIN_KEYS & stored.keys():
+        rate = _rate(stored[key], total_input)
+        if rate is None:
+            return None
+        prices[key] = rate
+    read, written = _tokens(cache_read), _tokens(cache_write)
+    if (read and "cache_read_mtok" not in prices) or (written and "cache_write_mtok" not in prices):
+        return None
+    uncached = total_input - read - written
+    if uncached < 0:
+        return None  # inconsistent counts: let the library decide
+    input_cost = (
+        uncached * prices.get("input_mtok", Decimal(0))
+        + read * prices.get("cache_read_mtok", Decimal(0))
+        + written * prices.get("cache_write_mtok", Decimal(0))
+    ) / _MILLION
+    output_cost = _tokens(output_tokens) * prices.get("output_mtok", Decimal(0)) / _MILLION
+    return Cost(
+        float(input_cost + output_cost),
+        float(input_cost),
+        float(output_cost),
         COST_SOURCE_LIBRARY,
     )
 
