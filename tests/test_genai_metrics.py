@@ -351,3 +351,26 @@ def test_the_ledger_compacts_when_the_file_doubles(tmp_path):
 )
 def test_the_http_metrics_url_follows_the_traces_endpoint(endpoint, expected):
     assert metrics_url(endpoint) == expected
+
+
+@pytest.mark.e2e
+def test_counters_add_up_over_a_batch_and_keep_an_exemplar(receiver):
+    batch = [
+        call_span(1, extra={"gen_ai.usage.cost": 0.25, "gen_ai.usage.cache_read.input_tokens": 30}),
+        call_span(2, extra={"gen_ai.usage.cost": 0.5, "gen_ai.usage.cache_read.input_tokens": 12}),
+        call_span(3, extra={"gen_ai.usage.cost": 1.0, "gen_ai.request.model": "gpt-4o"}),
+    ]
+    metrics = metrics_for(receiver, "http/protobuf")
+    try:
+        metrics.record_delivered(batch)
+    finally:
+        metrics.shutdown()
+    costs = receiver.points("gen_ai.client.cost")
+    mini = first(costs, **{"gen_ai.request.model": "gpt-4o-mini"})
+    assert mini.value == 0.75
+    assert mini.exemplars[0].span_id == f"{span_of(2):016x}"
+    assert first(costs, **{"gen_ai.request.model": "gpt-4o"}).value == 1.0
+    cache = first(receiver.points("gen_ai.client.inference.usage.cache_read.input_tokens"))
+    assert cache.value == 42
+    assert cache.attributes["gen_ai.token.modality"] == "unknown"
+    assert not receiver.points("gen_ai.client.cost.unpriced")

@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.metrics import Counter
 from opentelemetry.sdk.metrics import MeterProvider, TraceBasedExemplarFilter
 from opentelemetry.sdk.metrics.export import MetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
@@ -199,14 +201,20 @@ class GenAIMetrics:
                 fresh.append(measurement)
             if not fresh:
                 return 0
+            totals: dict[_TotalKey, _Total] = {}
             for measurement in fresh:
-                self._record(measurement)
+                self._record(measurement, totals)
+            # Counters are added once per attribute set and batch, not once per call: the SDK's
+            # cost is per measurement, and a sum is the same either way. The exemplar points at
+            # the group's last call.
+            for (counter, group), total in totals.items():
+                counter.add(total.value, dict(group), context=total.context)
             if self._flush_on_delivery:
                 self._reader.force_flush()
             self._ledger.add(seen)
             return len(fresh)
 
-    def _record(self, call: CallMeasurement) -> None:
+    def _record(self, call: CallMeasurement, totals: dict[_TotalKey, _Total]) -> None:
         context = _context_of(call)
         attributes = dict(call.attributes)
         if call.duration_s is not None:
@@ -222,18 +230,27 @@ class GenAIMetrics:
                 self._tokens.record(
                     value, {**attributes, n.GEN_AI_TOKEN_TYPE: token_type}, context=context
                 )
-        detailed = {**attributes, n.GEN_AI_TOKEN_MODALITY: n.MODALITY_UNKNOWN}
-        for counter, value in (
+        shared = tuple(attributes.items())
+        detailed = (*shared, (n.GEN_AI_TOKEN_MODALITY, n.MODALITY_UNKNOWN))
+        counted: list[tuple[Counter, _Key, float]] = []
+        for counter, tokens in (
             (self._cache_read, call.cache_read_tokens),
             (self._cache_write, call.cache_write_tokens),
             (self._reasoning, call.reasoning_tokens),
         ):
-            if value:
-                counter.add(value, detailed, context=context)
+            if tokens:
+                counted.append((counter, detailed, tokens))
         if call.cost_usd is not None:
-            self._cost.add(call.cost_usd, attributes, context=context)
+            counted.append((self._cost, shared, call.cost_usd))
         elif call.unpriced:
-            self._unpriced.add(1, attributes, context=context)
+            counted.append((self._unpriced, shared, 1))
+        for counter, key, amount in counted:
+            total = totals.get((counter, key))
+            if total is None:
+                totals[(counter, key)] = _Total(amount, context)
+            else:
+                total.value += amount
+                total.context = context
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Export what is recorded now."""
@@ -246,6 +263,18 @@ class GenAIMetrics:
                 return
             self._closed = True
         self._provider.shutdown(timeout_millis=timeout_s * 1000)
+
+
+@dataclass(slots=True)
+class _Total:
+    """A counter's sum over one batch, and the context of its last call (for the exemplar)."""
+
+    value: float
+    context: Context
+
+
+_Key = tuple[tuple[str, str | int], ...]
+_TotalKey = tuple[Counter, _Key]
 
 
 def _context_of(call: CallMeasurement) -> Context:
