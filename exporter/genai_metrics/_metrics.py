@@ -37,7 +37,9 @@ class GenAIMetrics:
     Call :meth:`record_delivered` once per batch the collector accepted, before the checkpoint
     moves past it. With ``flush_on_delivery`` (the default) the batch's metrics are exported
     before the ledger remembers its spans, so a kill can at most count the batch in flight twice
-    and never loses a recorded one.
+    and never loses a recorded one. The call blocks for that export (up to ``timeout``): call it
+    off the event loop (``asyncio.to_thread``). While the metrics service fails, batches are not
+    flushed one by one; the periodic export carries them (cumulative) when it is back.
 
     Args:
         exporter: where the metrics go (:class:`OtlpMetricsTransport`, or a test exporter).
@@ -64,6 +66,7 @@ class GenAIMetrics:
         self._cost_attribute = cost_attribute
         self._ledger = ledger if ledger is not None else CountedLedger()
         self._flush_on_delivery = flush_on_delivery
+        self._exporter = exporter
         self._lock = threading.Lock()
         self._closed = False
         self._reader = PeriodicExportingMetricReader(
@@ -187,17 +190,19 @@ class GenAIMetrics:
             if self._closed:
                 return 0
             fresh: list[CallMeasurement] = []
-            seen: set[str] = set()
+            seen: dict[str, None] = {}  # in delivery order
             for span in spans:
                 measurement = measure_span(
                     span, agent_attribute=self._agent_attribute, cost_attribute=self._cost_attribute
                 )
                 if measurement is None:
                     continue
-                key = span_key(measurement.trace_id, measurement.span_id)
-                if key in self._ledger or key in seen:
+                if self._ledger.contains(measurement.trace_id, measurement.span_id):
                     continue
-                seen.add(key)
+                key = span_key(measurement.trace_id, measurement.span_id)
+                if key in seen:
+                    continue
+                seen[key] = None
                 fresh.append(measurement)
             if not fresh:
                 return 0
@@ -209,9 +214,9 @@ class GenAIMetrics:
             # the group's last call.
             for (counter, group), total in totals.items():
                 counter.add(total.value, dict(group), context=total.context)
-            if self._flush_on_delivery:
+            if self._flush_on_delivery and self._worth_flushing():
                 self._reader.force_flush()
-            self._ledger.add(seen)
+            self._ledger.add(list(seen))
             return len(fresh)
 
     def _record(self, call: CallMeasurement, totals: dict[_TotalKey, _Total]) -> None:
@@ -251,6 +256,12 @@ class GenAIMetrics:
             else:
                 total.value += amount
                 total.context = context
+
+    def _worth_flushing(self) -> bool:
+        # A failing or absent metrics service is not waited on once per batch: the periodic
+        # export retries it, and the traces' batches go on at their own pace.
+        exporter = self._exporter
+        return not isinstance(exporter, OtlpMetricsTransport) or exporter.healthy
 
     def force_flush(self, timeout_s: float = 10.0) -> bool:
         """Export what is recorded now."""

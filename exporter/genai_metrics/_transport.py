@@ -207,6 +207,11 @@ class OtlpMetricsTransport(MetricExporter):
         """Whether the backend said it has no metrics service (nothing is sent any more)."""
         return self._off
 
+    @property
+    def healthy(self) -> bool:
+        """Whether the last export went through (and metrics are on): worth a flush per batch."""
+        return not self._off and not self._failing
+
     def export(
         self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
     ) -> MetricExportResult:
