@@ -374,3 +374,25 @@ def test_counters_add_up_over_a_batch_and_keep_an_exemplar(receiver):
     assert cache.value == 42
     assert cache.attributes["gen_ai.token.modality"] == "unknown"
     assert not receiver.points("gen_ai.client.cost.unpriced")
+
+
+@pytest.mark.e2e
+def test_the_converted_fixtures_give_one_duration_point_per_call(receiver):
+    from bench.encoder import build_spans
+
+    spans = build_spans(40, "none")
+    metrics = metrics_for(receiver, "grpc")
+    try:
+        counted = metrics.record_delivered(spans)
+    finally:
+        metrics.shutdown()
+    models = [s for s in spans if (s.attributes or {}).get("gen_ai.operation.name") == "chat"]
+    assert counted == len(spans)
+    assert models, "the fixtures hold chat calls"
+    durations = receiver.points("gen_ai.client.operation.duration")
+    # Cumulative: the last point of each series holds its total.
+    totals = {tuple(sorted(p.attributes.items())): p.count for p in durations}
+    assert sum(totals.values()) == len(spans)
+    for point in durations:
+        assert point.attributes["gen_ai.provider.name"]
+        assert point.attributes["gen_ai.request.model"]
