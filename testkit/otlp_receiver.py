@@ -267,7 +267,8 @@ class _State:
 
 
 class OtlpReceiver:
-    """A gRPC and an HTTP OTLP trace endpoint on local ports that remember what they got.
+    """A gRPC and an HTTP OTLP endpoint (traces and metrics) on local ports that remember what
+    they got.
 
     Args:
         host: the interface to listen on.
