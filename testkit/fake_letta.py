@@ -807,6 +807,7 @@ class FakeLetta:
         flavour: ``0.16.8`` (as recorded: steps list broken, runs cursors swapped) or ``cloud``.
         api_key: when set, every route but ``/v1/health/`` needs ``Authorization: Bearer <key>``
             (else 401), like a server started with ``--secure``.
+        port: the port to listen on (0: a free one).
     """
 
     def __init__(
@@ -815,7 +816,9 @@ class FakeLetta:
         *,
         flavour: Flavour = "0.16.8",
         api_key: str | None = None,
+        port: int = 0,
     ) -> None:
+        self._port = port
         self.store = store if store is not None else LettaStore()
         self.flavour: Flavour = flavour
         self.api_key = api_key
@@ -833,11 +836,16 @@ class FakeLetta:
 
     @classmethod
     def from_fixtures(
-        cls, directory: Path | str, *, flavour: Flavour = "0.16.8", api_key: str | None = None
+        cls,
+        directory: Path | str,
+        *,
+        flavour: Flavour = "0.16.8",
+        api_key: str | None = None,
+        port: int = 0,
     ) -> FakeLetta:
         """A server with the recorded fixtures loaded (see :meth:`LettaStore.from_fixtures`)."""
         store = LettaStore.from_fixtures(directory, latency_ms=flavour == "cloud")
-        return cls(store, flavour=flavour, api_key=api_key)
+        return cls(store, flavour=flavour, api_key=api_key, port=port)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -852,7 +860,7 @@ class FakeLetta:
         """Start serving in a background thread."""
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", self._port), _Handler)
         server.fake = self
         self._server = server
         self._thread = threading.Thread(

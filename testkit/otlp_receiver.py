@@ -1,4 +1,4 @@
-"""A real OTLP trace receiver on local ports, for tests and benchmarks.
+"""A real OTLP receiver (traces and metrics) on local ports, for tests and benchmarks.
 
 It speaks both transports a collector does: a gRPC ``TraceService`` (``grpc.server``) and
 ``POST /v1/traces`` over HTTP (stdlib ``ThreadingHTTPServer``, protobuf or JSON bodies,
@@ -15,6 +15,12 @@ Usage::
         exporter.deliver(spans)
         assert receiver.wait_for(len(spans))
         assert receiver.span_ids() == {...}
+
+Metrics arrive at ``MetricsService/Export`` and ``POST /v1/metrics``; :meth:`OtlpReceiver.points`
+gives their data points decoded (attributes, temporality, histogram buckets, exemplars). Trace
+faults never apply to metrics; ``metrics_unimplemented=True`` (or
+:meth:`OtlpReceiver.set_metrics_unimplemented`) answers ``UNIMPLEMENTED`` / 404 like a backend
+without a metrics service (Jaeger, Phoenix).
 
 With ``count_only=True`` only the ``(trace_id, span_id)`` pairs and duplicates are kept, so a
 benchmark can check that every span arrived exactly once without storing them.
@@ -45,13 +51,20 @@ import grpc
 from google.protobuf import any_pb2, duration_pb2, json_format
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
+from opentelemetry.proto.collector.metrics.v1 import (
+    metrics_service_pb2,
+    metrics_service_pb2_grpc,
+)
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.proto.metrics.v1 import metrics_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 __all__ = [
     "OtlpReceiver",
+    "ReceivedExemplar",
+    "ReceivedPoint",
     "ReceivedRequest",
     "ReceivedSpan",
     "decode_any_value",
@@ -63,6 +76,7 @@ _logger = logging.getLogger(__name__)
 Protocol = Literal["grpc", "http"]
 
 TRACES_PATH: Final = "/v1/traces"
+METRICS_PATH: Final = "/v1/metrics"
 _PROTOBUF: Final = "application/x-protobuf"
 _JSON: Final = "application/json"
 #: Larger than the Collector's 4 MiB default: a benchmark may send big batches.
@@ -130,6 +144,62 @@ class ReceivedSpan:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceivedExemplar:
+    """An exemplar of a data point: a measurement and the span it was recorded in.
+
+    Attributes:
+        value: the measurement.
+        trace_id: 32 hex digits (empty without a span).
+        span_id: 16 hex digits (empty without a span).
+        attributes: the measurement's attributes the point's ones left out.
+    """
+
+    value: float
+    trace_id: str
+    span_id: str
+    attributes: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedPoint:
+    """One metric data point as it arrived (sum, gauge or histogram).
+
+    Attributes:
+        name: the metric name.
+        unit: the metric unit.
+        kind: ``sum``, ``gauge`` or ``histogram``.
+        temporality: ``delta``, ``cumulative`` or ``unspecified`` (gauges).
+        attributes: the point's attributes.
+        value: a sum's or gauge's value (a histogram's sum).
+        count: a histogram's count (0 otherwise).
+        bucket_counts: a histogram's bucket counts.
+        explicit_bounds: a histogram's bucket boundaries.
+        exemplars: the point's exemplars.
+        start_time_unix_nano: the start of the point's interval.
+        time_unix_nano: the end of the point's interval.
+        resource_attributes: the resource it came under.
+        scope: the instrumentation scope name.
+        protocol: ``grpc`` or ``http``.
+    """
+
+    name: str
+    unit: str
+    kind: Literal["sum", "gauge", "histogram"]
+    temporality: Literal["delta", "cumulative", "unspecified"]
+    attributes: Mapping[str, Any]
+    value: float
+    count: int
+    bucket_counts: tuple[int, ...]
+    explicit_bounds: tuple[float, ...]
+    exemplars: tuple[ReceivedExemplar, ...]
+    start_time_unix_nano: int
+    time_unix_nano: int
+    resource_attributes: Mapping[str, Any]
+    scope: str
+    protocol: Protocol
+
+
+@dataclass(frozen=True, slots=True)
 class ReceivedRequest:
     """One export request, accepted or not.
 
@@ -191,10 +261,14 @@ class _State:
     duplicates: int = 0
     requests: list[ReceivedRequest] = field(default_factory=list)
     request_count: int = 0
+    points: list[ReceivedPoint] = field(default_factory=list)
+    metric_requests: int = 0
+    metric_refusals: int = 0
 
 
 class OtlpReceiver:
-    """A gRPC and an HTTP OTLP trace endpoint on local ports that remember what they got.
+    """A gRPC and an HTTP OTLP endpoint (traces and metrics) on local ports that remember what
+    they got.
 
     Args:
         host: the interface to listen on.
@@ -205,6 +279,11 @@ class OtlpReceiver:
         tls_certificate_file: PEM server certificate; with ``tls_key_file`` both endpoints use
             TLS and their URLs are ``https://``.
         tls_key_file: PEM private key of that certificate.
+        grpc_port: the gRPC port (0: a free one).
+        http_port: the HTTP port (0: a free one).
+        metrics_unimplemented: answer metrics ``UNIMPLEMENTED`` / 404, like Jaeger.
+        on_spans: called with the spans of each accepted trace request (outside the lock).
+        on_points: called with the data points of each accepted metrics request.
     """
 
     def __init__(
@@ -217,6 +296,11 @@ class OtlpReceiver:
         max_workers: int = 8,
         tls_certificate_file: Path | str | None = None,
         tls_key_file: Path | str | None = None,
+        grpc_port: int = 0,
+        http_port: int = 0,
+        metrics_unimplemented: bool = False,
+        on_spans: Callable[[list[ReceivedSpan]], None] | None = None,
+        on_points: Callable[[list[ReceivedPoint]], None] | None = None,
     ) -> None:
         if (tls_certificate_file is None) != (tls_key_file is None):
             raise ValueError("TLS needs both tls_certificate_file and tls_key_file")
@@ -247,8 +331,11 @@ class OtlpReceiver:
         self._grpc_server: grpc.Server | None = None
         self._http_server: _HttpServer | None = None
         self._http_thread: threading.Thread | None = None
-        self._grpc_port = 0
-        self._http_port = 0
+        self._grpc_port = grpc_port
+        self._http_port = http_port
+        self._metrics_unimplemented = metrics_unimplemented
+        self._on_spans = on_spans
+        self._on_points = on_points
 
     # --- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> OtlpReceiver:
@@ -311,6 +398,9 @@ class OtlpReceiver:
         )
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
             _TraceService(self), server
+        )
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            _MetricsService(self), server
         )
         address = f"{self._host}:{self._grpc_port}"
 
@@ -433,6 +523,33 @@ class OtlpReceiver:
         with self._changed:
             return self._changed.wait_for(lambda: self._state.request_count >= count, timeout)
 
+    def points(self, name: str | None = None) -> list[ReceivedPoint]:
+        """Every metric data point accepted (of metric ``name`` only, when given), in order."""
+        with self._lock:
+            return [p for p in self._state.points if name is None or p.name == name]
+
+    @property
+    def metric_requests(self) -> int:
+        """Metrics requests received, refused ones included."""
+        with self._lock:
+            return self._state.metric_requests
+
+    @property
+    def metric_refusals(self) -> int:
+        """Metrics requests answered ``UNIMPLEMENTED`` / 404."""
+        with self._lock:
+            return self._state.metric_refusals
+
+    def wait_for_metric_requests(self, count: int, timeout: float = 10.0) -> bool:
+        """Wait until ``count`` metrics requests arrived; ``False`` on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._state.metric_requests >= count, timeout)
+
+    def set_metrics_unimplemented(self, unimplemented: bool = True) -> None:
+        """Answer metrics ``UNIMPLEMENTED`` / 404 (a backend without a metrics service)."""
+        with self._lock:
+            self._metrics_unimplemented = unimplemented
+
     def clear(self) -> None:
         """Forget what arrived (faults stay as they are)."""
         with self._lock:
@@ -523,8 +640,10 @@ class OtlpReceiver:
             state = self._state
             state.request_count += 1
             total = _count(request) if request is not None else 0
+            stored_from = len(state.spans)
             if answer.ok and request is not None:
                 self._store(request, protocol, skip=answer.rejected)
+            new_spans = state.spans[stored_from:] if self._on_spans is not None else []
             if not self._count_only:
                 state.requests.append(
                     ReceivedRequest(
@@ -537,6 +656,28 @@ class OtlpReceiver:
                     )
                 )
             self._changed.notify_all()
+        if new_spans and self._on_spans is not None:
+            self._on_spans(new_spans)
+        return answer
+
+    def _handle_metrics(
+        self, protocol: Protocol, request: metrics_service_pb2.ExportMetricsServiceRequest | None
+    ) -> _Answer:
+        """Answer one metrics request and store its data points; trace faults do not apply."""
+        with self._changed:
+            self._state.metric_requests += 1
+            if self._metrics_unimplemented:
+                self._state.metric_refusals += 1
+                answer = _Answer(grpc.StatusCode.UNIMPLEMENTED, 404, "no metrics service")
+            elif request is None:
+                answer = _Answer(grpc.StatusCode.INVALID_ARGUMENT, 400, "undecodable request body")
+            else:
+                answer = _Answer()
+            points = _decode_points(request, protocol) if answer.ok and request else []
+            self._state.points.extend(points)
+            self._changed.notify_all()
+        if points and self._on_points is not None:
+            self._on_points(points)
         return answer
 
     def _decide(
@@ -675,6 +816,83 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return response
 
 
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(  # noqa: N802 - the generated servicer's name
+        self,
+        request: metrics_service_pb2.ExportMetricsServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        answer = self._receiver._handle_metrics("grpc", request)
+        if not answer.ok:
+            context.set_code(answer.grpc_code)
+            context.set_details(answer.message)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+_TEMPORALITY: Final[Mapping[int, Literal["delta", "cumulative", "unspecified"]]] = {
+    metrics_pb2.AGGREGATION_TEMPORALITY_DELTA: "delta",
+    metrics_pb2.AGGREGATION_TEMPORALITY_CUMULATIVE: "cumulative",
+}
+
+
+def _decode_exemplars(exemplars: Any) -> tuple[ReceivedExemplar, ...]:
+    return tuple(
+        ReceivedExemplar(
+            value=float(getattr(e, e.WhichOneof("value") or "as_double")),
+            trace_id=e.trace_id.hex(),
+            span_id=e.span_id.hex(),
+            attributes=decode_attributes(e.filtered_attributes),
+        )
+        for e in exemplars
+    )
+
+
+def _decode_points(
+    request: metrics_service_pb2.ExportMetricsServiceRequest, protocol: Protocol
+) -> list[ReceivedPoint]:
+    points: list[ReceivedPoint] = []
+    for resource_metrics in request.resource_metrics:
+        resource = decode_attributes(resource_metrics.resource.attributes)
+        for scope_metrics in resource_metrics.scope_metrics:
+            scope = scope_metrics.scope.name
+            for metric in scope_metrics.metrics:
+                kind = metric.WhichOneof("data")
+                if kind not in ("sum", "gauge", "histogram"):
+                    continue  # exponential histograms and summaries: not sent by the exporter
+                data = getattr(metric, kind)
+                temporality = _TEMPORALITY.get(
+                    getattr(data, "aggregation_temporality", 0), "unspecified"
+                )
+                for point in data.data_points:
+                    is_histogram = kind == "histogram"
+                    number = point.WhichOneof("value") if not is_histogram else None
+                    points.append(
+                        ReceivedPoint(
+                            name=metric.name,
+                            unit=metric.unit,
+                            kind=kind,
+                            temporality=temporality,
+                            attributes=decode_attributes(point.attributes),
+                            value=float(point.sum)
+                            if is_histogram
+                            else float(getattr(point, number or "as_double")),
+                            count=int(point.count) if is_histogram else 0,
+                            bucket_counts=tuple(point.bucket_counts) if is_histogram else (),
+                            explicit_bounds=tuple(point.explicit_bounds) if is_histogram else (),
+                            exemplars=_decode_exemplars(point.exemplars),
+                            start_time_unix_nano=int(point.start_time_unix_nano),
+                            time_unix_nano=int(point.time_unix_nano),
+                            resource_attributes=resource,
+                            scope=scope,
+                            protocol=protocol,
+                        )
+                    )
+    return points
+
+
 class _HttpServer(ThreadingHTTPServer):
     """A ThreadingHTTPServer that can cut its open keep-alive connections when stopped."""
 
@@ -727,7 +945,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # Read the body before any answer, so that the keep-alive connection stays in step.
         raw = self.rfile.read(int(length))
-        if self.path.split("?", 1)[0] != TRACES_PATH:
+        path = self.path.split("?", 1)[0]
+        if path not in (TRACES_PATH, METRICS_PATH):
             self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
             return
         encoding = (self.headers.get("Content-Encoding") or "").strip().lower() or None
@@ -748,8 +967,11 @@ class _Handler(BaseHTTPRequestHandler):
                 HTTPStatus.UNSUPPORTED_MEDIA_TYPE, b"unsupported content type", "text/plain"
             )
             return
-        request = _decode_http(body, content_type)
         receiver = self.server.receiver
+        if path == METRICS_PATH:
+            self._metrics(receiver, body, content_type)
+            return
+        request = _decode_http(body, content_type)
         headers = {} if receiver._count_only else {k.lower(): v for k, v in self.headers.items()}
         answer = receiver._handle(
             "http", request, headers, content_type=content_type, content_encoding=encoding
@@ -768,6 +990,19 @@ class _Handler(BaseHTTPRequestHandler):
             else {}
         )
         self._reply(answer.http_status, _encode(status, content_type), content_type, extra)
+
+    def _metrics(self, receiver: OtlpReceiver, body: bytes | None, content_type: str) -> None:
+        request = _decode_http_metrics(body, content_type)
+        answer = receiver._handle_metrics("http", request)
+        if answer.ok:
+            response = metrics_service_pb2.ExportMetricsServiceResponse()
+            self._reply(HTTPStatus.OK, _encode(response, content_type), content_type)
+            return
+        if answer.http_status == HTTPStatus.NOT_FOUND:  # as a server with no such route answers
+            self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
+            return
+        status = status_pb2.Status(code=answer.grpc_code.value[0], message=answer.message)
+        self._reply(answer.http_status, _encode(status, content_type), content_type)
 
     def _reply(
         self,
@@ -803,6 +1038,22 @@ def _decode_http(
         return request
     except (DecodeError, ValueError):
         return None
+
+
+def _decode_http_metrics(
+    body: bytes | None, content_type: str
+) -> metrics_service_pb2.ExportMetricsServiceRequest | None:
+    if body is None:
+        return None
+    request = metrics_service_pb2.ExportMetricsServiceRequest()
+    try:
+        if content_type == _JSON:
+            json_format.Parse(body, request)
+        else:
+            request.ParseFromString(body)
+    except (DecodeError, json_format.ParseError, ValueError):
+        return None
+    return request
 
 
 def _encode(message: Any, content_type: str) -> bytes:

@@ -223,11 +223,15 @@ def test_every_emitted_attribute_is_documented():
 
 
 def test_every_documented_attribute_exists_in_the_code():
-    source = "\n".join(
-        p.read_text() for p in (Path(__file__).parent.parent / "exporter" / "convert").glob("*.py")
-    )
+    exporter = Path(__file__).parent.parent / "exporter"
+    source = "\n".join(p.read_text() for p in (exporter / "convert").glob("*.py"))
+    # The GenAI metrics section names metrics, not span attributes: those are checked against
+    # the metrics module, where they are defined whole.
+    metric_names = (exporter / "genai_metrics" / "_names.py").read_text()
     exact, prefixes = documented()
     for name in exact:
+        if f'"{name}"' in metric_names:
+            continue
         suffix = name.split(".")[-1]
         assert suffix in source, name
     assert prefixes

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from exporter import genai_metrics
+from exporter.genai_metrics import _names as metric_names
 from exporter.settings import Settings, env_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -771,6 +773,83 @@ def test_dashboard_covers_calls_tokens_latency_errors_agents(dashboard: dict[str
     assert "select(" in target["query"]
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["service"]["query"] == Settings.model_fields["service_name"].default
+
+
+def prometheus_name(name: str, unit: str, *, counter: bool = False) -> str:
+    """A metric's name in Prometheus after the Collector's OTLP translation (default suffixes):
+    dots become underscores, a unit in braces is dropped, ``s`` becomes ``_seconds``, and
+    monotonic sums end in ``_total``."""
+    base = re.sub(r"[^a-zA-Z0-9_]", "_", name)
+    units = {"s": "seconds"}
+    if unit and not unit.startswith("{"):
+        base += "_" + units.get(unit, unit)
+    return base + ("_total" if counter else "")
+
+
+def prometheus_queries(dashboard: dict[str, Any]) -> list[str]:
+    return [
+        target["expr"]
+        for panel in all_panels(dashboard)
+        for target in panel.get("targets", [])
+        if target["datasource"]["type"] == "prometheus"
+    ]
+
+
+def test_dashboard_has_genai_metrics_panels_with_the_prometheus_names(
+    dashboard: dict[str, Any],
+) -> None:
+    text = "\n".join(prometheus_queries(dashboard))
+    tokens = prometheus_name(genai_metrics.TOKEN_USAGE_METRIC, metric_names.TOKEN_USAGE_UNIT)
+    duration = prometheus_name(genai_metrics.DURATION_METRIC, metric_names.DURATION_UNIT)
+    cost = prometheus_name(genai_metrics.COST_METRIC, metric_names.COST_UNIT, counter=True)
+    unpriced = prometheus_name(
+        genai_metrics.UNPRICED_METRIC, metric_names.UNPRICED_UNIT, counter=True
+    )
+    assert tokens == "gen_ai_client_token_usage"
+    assert duration == "gen_ai_client_operation_duration_seconds"
+    assert f"{duration}_count" in text, "calls"
+    assert f"{tokens}_sum" in text, "tokens"
+    assert f"histogram_quantile(0.5, sum by (le, gen_ai_request_model) (rate({duration}_bucket" in (
+        text
+    )
+    assert (
+        f"histogram_quantile(0.95, sum by (le, gen_ai_request_model) (rate({duration}_bucket"
+        in (text)
+    )
+    assert "error_type" in text, "errors"
+    assert cost in text
+    assert unpriced in text
+    assert "by (gen_ai_agent_name)" in text
+    assert "gen_ai_token_type" in text
+    for query in prometheus_queries(dashboard):
+        if "gen_ai_client" in query:
+            assert 'job="$service"' in query, "every query follows the service variable"
+            assert query.count("(") == query.count(")")
+    exemplars = [
+        t
+        for panel in all_panels(dashboard)
+        for t in panel.get("targets", [])
+        if f"{duration}_bucket" in t.get("expr", "")
+    ]
+    assert all(t.get("exemplar") for t in exemplars), "duration buckets link to their spans"
+
+
+def test_collector_sends_metrics_to_prometheus(
+    collector: dict[str, Any], services: dict[str, Any]
+) -> None:
+    pipeline = collector["service"]["pipelines"]["metrics"]
+    assert pipeline["receivers"] == ["otlp"]
+    assert pipeline["processors"][0] == "memory_limiter"
+    assert "deltatocumulative" in pipeline["processors"], "delta senders become cumulative"
+    (exporter,) = pipeline["exporters"]
+    assert component_type(exporter) == "prometheusremotewrite"
+    url = collector["exporters"][exporter]["endpoint"]
+    host, _ = assert_reaches(services, url, what="prometheusremotewrite")
+    assert host == "prometheus"
+    assert urlsplit(url).path == "/api/v1/write"
+    args = command(services["prometheus"])
+    assert "--web.enable-remote-write-receiver" in args
+    assert "--enable-feature=exemplar-storage" in args
 
 
 # --- the example TOML ---------------------------------------------------------------------------
