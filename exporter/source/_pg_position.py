@@ -48,6 +48,8 @@ class Cursor:
 
     def encode(self) -> str:
         """The position string (short: the recent ids are only those of the overlap window)."""
+        if not self.recent:  # the common case, on the hot path: one string per trace
+            return f'{{"t":"{self.created_at.isoformat()}","i":{json.dumps(self.id)}}}'
         data: dict[str, object] = {"t": self.created_at.isoformat(), "i": self.id}
         if self.recent:
             data["r"] = [[t.isoformat(), i] for i, t in self.recent.items()]

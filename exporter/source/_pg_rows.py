@@ -12,8 +12,9 @@ JSON object makes the row :class:`UnreadableRow`, reported by the source and pas
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
+from pydantic import BaseModel
 from pydantic_core import from_json
 
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
@@ -47,6 +48,28 @@ _STEP_PLAIN: Final = tuple(
     (c, i) for c, i in _S.items() if c not in _STEP_JSON and c != "is_deleted"
 )
 _METRICS_PLAIN: Final = tuple((c, i) for c, i in _M.items() if c != "is_deleted")
+
+
+M = TypeVar("M", bound=BaseModel)
+_DEFAULTS: Final[dict[type[BaseModel], dict[str, Any]]] = {
+    model: {n: f.get_default(call_default_factory=True) for n, f in model.model_fields.items()}
+    for model in (ProviderTrace, Step, StepMetrics)
+}
+_setattr: Final = object.__setattr__
+
+
+def _construct(model: type[M], values: dict[str, Any]) -> M:
+    """``model.model_construct(**values)`` for trusted values, at a quarter of its cost.
+
+    The hot path builds three records per trace; ``model_construct`` spends most of its time
+    checking each field for aliases and defaults, which rows of known columns do not need.
+    """
+    obj = model.__new__(model)
+    _setattr(obj, "__dict__", {**_DEFAULTS[model], **values})
+    _setattr(obj, "__pydantic_fields_set__", set(values))
+    _setattr(obj, "__pydantic_extra__", {})
+    _setattr(obj, "__pydantic_private__", None)
+    return obj
 
 
 class UnreadableRow(Exception):  # noqa: N818 - a signal between two modules, not an error users see
@@ -121,7 +144,7 @@ def trace_from_row(
     )
     fields["llm_config"] = _json(row[_T["llm_config"]], "llm_config", dict, record_id)
     fields["billing_context"] = None  # 0.16.8 never stores it; the API answers null
-    trace = ProviderTrace.model_construct(**fields)
+    trace = _construct(ProviderTrace, fields)
 
     step: Step | None = None
     if row[_STEP_AT] is not None:
@@ -145,12 +168,12 @@ def trace_from_row(
         s["tags"] = _strings(
             _json(step_tags, "steps.tags", list, record_id), "steps.tags", record_id, step_tags
         )
-        step = Step.model_construct(**s)
+        step = _construct(Step, s)
 
     metrics: StepMetrics | None = None
     if row[_METRICS_AT] is not None:
-        metrics = StepMetrics.model_construct(
-            **{name: row[_METRICS_AT + i] for name, i in _METRICS_PLAIN}
+        metrics = _construct(
+            StepMetrics, {name: row[_METRICS_AT + i] for name, i in _METRICS_PLAIN}
         )
     return trace, step, metrics
 
