@@ -62,7 +62,8 @@ def generate(dsn: str, traces: int, size: str) -> None:
             " runs, agents_tags, agents"
         )
         conn.execute(
-            "DROP TABLE IF EXISTS bench_shapes; CREATE TABLE bench_shapes (k int PRIMARY KEY, request text, response text,"
+            "DROP TABLE IF EXISTS bench_shapes; CREATE TABLE bench_shapes (k int PRIMARY KEY,"
+            " request text, response text,"
             " llm_config text, compaction text, step jsonb, metrics jsonb)"
         )
         with conn.cursor() as cur:
@@ -97,7 +98,9 @@ def generate(dsn: str, traces: int, size: str) -> None:
         conn.execute(
             "INSERT INTO runs (id, status, completed_at, stop_reason, background, agent_id,"
             " created_at, updated_at, organization_id) SELECT 'run-' || md5('r' || g)::uuid,"
-            " 'completed', (" + t0 + " + g * interval '20 ms' + interval '20 ms') AT TIME ZONE 'UTC',"
+            " 'completed', ("
+            + t0
+            + " + g * interval '20 ms' + interval '20 ms') AT TIME ZONE 'UTC',"
             " 'end_turn', false, 'agent-' || md5('a' || (g %% 4))::uuid,"
             " " + t0 + " + g * interval '20 ms', " + t0 + " + g * interval '20 ms', %s"
             " FROM generate_series(0, %s) g",
@@ -274,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="20kb", choices=sorted(SIZES))
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--batch", type=int, default=500)
-    parser.add_argument("--limits", type=int, nargs="*", default=[10_000], help="also read only this many")
+    parser.add_argument(
+        "--limits", type=int, nargs="*", default=[10_000], help="also read only this many"
+    )
     parser.add_argument("--reuse", help="database name to keep (created once, then reused)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
@@ -289,19 +294,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with psycopg.connect(dsn) as conn:
             have = conn.execute(
-                "SELECT count(*) FROM information_schema.tables WHERE table_name = 'provider_traces'"
+                "SELECT count(*) FROM information_schema.tables"
+                " WHERE table_name = 'provider_traces'"
             ).fetchone()
             rows = (
-                conn.execute("SELECT count(*) FROM provider_traces").fetchone() if have and have[0] else None
+                conn.execute("SELECT count(*) FROM provider_traces").fetchone()
+                if have and have[0]
+                else None
             )
         if not rows or rows[0] != args.traces:
             started = time.perf_counter()
             if not (have and have[0]):
                 load_dump(dsn)
             generate(dsn, args.traces, args.size)
-            print(f"generated {args.traces} traces in {time.perf_counter() - started:.1f} s", flush=True)
+            print(
+                f"generated {args.traces} traces in {time.perf_counter() - started:.1f} s",
+                flush=True,
+            )
         with psycopg.connect(dsn) as conn:
-            size = conn.execute("SELECT pg_size_pretty(pg_total_relation_size('provider_traces'))").fetchone()
+            size = conn.execute(
+                "SELECT pg_size_pretty(pg_total_relation_size('provider_traces'))"
+            ).fetchone()
             plan = conn.execute(
                 "EXPLAIN (ANALYZE, FORMAT TEXT) SELECT t.created_at, t.id FROM provider_traces t"
                 " WHERE NOT t.is_deleted AND (t.created_at, t.id) > ('-infinity', '')"
@@ -318,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
             result["lost"] = expected - result["unique_spans"]
             results.append(result)
             print(
-                f"{result['traces']:>7} traces x{workers} worker(s): {result['traces_per_s']:>6} traces/s,"
+                f"{result['traces']:>7} traces x{workers} worker(s):"
+                f" {result['traces_per_s']:>6} traces/s,"
                 f" exporter CPU {result['exporter_cpu_s_per_1k']:.3f} s/1k,"
                 f" PostgreSQL CPU {result['postgres_cpu_s_per_1k']:.3f} s/1k,"
                 f" peak RSS {result['peak_rss_mb']:.1f} MB/worker, lost {result['lost']},"

@@ -295,7 +295,9 @@ async def test_a_row_committed_late_with_an_earlier_created_at_is_not_skipped(
         assert third == []  # the overlap window's ids are not read twice
     finally:
         await source.aclose()
-        writable.execute("DELETE FROM provider_traces WHERE created_at > now() - interval '1 hour'")
+        writable.execute(
+            "DELETE FROM provider_traces WHERE NOT (id = ANY(%s))", ([e.trace.id for e in base],)
+        )
 
 
 async def test_follow_polls_for_new_rows(dsn: str, writable: psycopg.Connection) -> None:
@@ -320,7 +322,9 @@ async def test_follow_polls_for_new_rows(dsn: str, writable: psycopg.Connection)
         assert len(seen) == 1
     finally:
         await source.aclose()
-        writable.execute("DELETE FROM provider_traces WHERE created_at > now() - interval '1 hour'")
+        writable.execute(
+            "DELETE FROM provider_traces WHERE NOT (id = ANY(%s))", ([e.trace.id for e in base],)
+        )
 
 
 # --- errors: one clear line, never the password --------------------------------------------
@@ -394,3 +398,32 @@ def test_positions_are_short_for_old_rows() -> None:
     assert len(cursor.encode()) < 120
     cursor.advance(now, "provider_trace-new", now - timedelta(seconds=30))
     assert Cursor.decode(cursor.encode()).recent == {"provider_trace-new": now}
+
+
+@pytest.mark.parametrize(
+    ("dsn", "masked"),
+    [
+        ("postgresql://letta:s3cret@db:5432/letta", "postgresql://letta:***@db:5432/letta"),
+        ("postgresql+asyncpg://letta:s3cret@db/letta", "postgresql://letta:***@db/letta"),
+        ("postgres://db/letta?user=x&password=s3cret", "postgres://db/letta?user=x&password=***"),
+        (
+            "host=db user=letta password=s3cret dbname=letta",
+            "host=db user=letta password=*** dbname=letta",
+        ),
+        ("postgresql://letta@db/letta", "postgresql://letta@db/letta"),
+    ],
+)
+def test_dsns_are_masked(dsn: str, masked: str) -> None:
+    from exporter.source._pg_dsn import mask_dsn
+
+    assert mask_dsn(dsn) == masked
+    assert "s3cret" not in mask_dsn(dsn)
+
+
+async def test_an_sqlalchemy_url_like_letta_pg_uri_connects(dsn: str) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    url = (
+        f"postgresql+asyncpg://{params['user']}:{params['password']}@{params['host']}:"
+        f"{params['port']}/{params['dbname']}"
+    )
+    assert len(found(await read_all(PostgresOptions(dsn=url, limit=3)))) == 3

@@ -12,12 +12,14 @@ import re
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 __all__ = ["driver_dsn", "mask_dsn"]
 
 _SCHEME: Final = re.compile(r"^(postgres(?:ql)?)\+[A-Za-z0-9_]+://", re.IGNORECASE)
 _MASK: Final = "***"
+#: ``password=value`` in a keyword connection string; the value may be quoted with escapes.
+_KEYWORD_PASSWORD: Final = re.compile(r"\bpassword\s*=\s*(?:'(?:[^'\\]|\\.)*'|\S+)")
 
 
 def driver_dsn(dsn: str) -> str:
@@ -46,9 +48,7 @@ def mask_dsn(dsn: str) -> str:
         query = re.sub(r"(?i)(^|&)(password)=[^&]*", rf"\1\2={_MASK}", parts.query)
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     try:
-        params = conninfo_to_dict(text)
+        conninfo_to_dict(text)
     except Exception:  # noqa: BLE001 - any parse failure: show nothing of it
         return "<unparsable database connection string>"
-    if "password" in params:
-        params["password"] = _MASK
-    return make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+    return _KEYWORD_PASSWORD.sub(f"password={_MASK}", text)
