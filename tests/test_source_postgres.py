@@ -139,10 +139,17 @@ async def test_context_is_joined(dsn: str) -> None:
 
 async def test_resume_from_any_position_continues_right_after(dsn: str) -> None:
     everything = [e.trace.id for e in found(await read_all(PostgresOptions(dsn=dsn)))]
-    first = found(await read_all(PostgresOptions(dsn=dsn, limit=20)))
+    head = await read_all(PostgresOptions(dsn=dsn, limit=20))
+    first = found(head)
     assert [e.trace.id for e in first] == everything[:20]
+    assert isinstance(head[-1], CaughtUp)
+    assert head[-1].position == first[-1].position  # a limit never saves a position past it
     rest = found(await read_all(PostgresOptions(dsn=dsn), resume=first[-1].position))
     assert [e.trace.id for e in rest] == everything[20:]
+    positions = [e.position for e in found(await read_all(PostgresOptions(dsn=dsn, batch=4)))]
+    for cut in (0, 7, 33, 52):  # resuming from any event's position
+        tail = found(await read_all(PostgresOptions(dsn=dsn, batch=5), resume=positions[cut]))
+        assert [e.trace.id for e in tail] == everything[cut + 1 :]
 
 
 async def test_filters_window_agents_and_limit(dsn: str) -> None:

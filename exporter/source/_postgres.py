@@ -271,7 +271,8 @@ class PostgresSource:
                         remaining -= 1
                     yield event
                     if remaining is not None and remaining <= 0:
-                        yield CaughtUp(cursor.encode())
+                        # The cursor has moved past the whole batch; the limit stopped inside it.
+                        yield CaughtUp(event.position)
                         return
             except psycopg.OperationalError as exc:
                 await self.aclose()
@@ -302,7 +303,7 @@ class PostgresSource:
             batch = self._options.batch
             for start in range(0, len(keys), batch):
                 chunk = keys[start : start + batch]
-                async for event in self._read_rows(conn, queries, chunk, cursor, horizon):
+                for event in await self._read_rows(conn, queries, chunk, cursor, horizon):
                     yield event
                 if limit is not None:
                     limit -= len(chunk)
@@ -318,8 +319,12 @@ class PostgresSource:
         keys: Sequence[tuple[datetime, str, bool]],
         cursor: Cursor,
         horizon: datetime,
-    ) -> AsyncIterator[Event]:
-        """One batch of keys as events, in key order (rows deleted meanwhile are passed over)."""
+    ) -> list[Event]:
+        """One batch of keys as events, in key order (rows deleted meanwhile are passed over).
+
+        A list rather than a generator: one coroutine frame fewer to resume per event and per
+        socket read while the rows arrive.
+        """
         full = [k[1] for k in keys if not k[2]]
         meta = [k[1] for k in keys if k[2]]
         rows: dict[str, tuple[tuple[Any, ...], bool]] = {}
@@ -363,28 +368,34 @@ class PostgresSource:
 
         runs = await self._runs(conn, queries, run_ids)
         await self._load_agents(conn, queries, agent_ids)
+        events: list[Event] = []
         for created_at, record_id, item in parsed:
             cursor.advance(created_at, record_id, horizon)
             position = cursor.encode()
             if isinstance(item, UnreadableRow):
-                yield Unreadable(
-                    record_id=record_id,
-                    reason="invalid",
-                    detail=f"provider trace {record_id}: {item.detail}",
-                    raw=item.raw,
-                    position=position,
+                events.append(
+                    Unreadable(
+                        record_id=record_id,
+                        reason="invalid",
+                        detail=f"provider trace {record_id}: {item.detail}",
+                        raw=item.raw,
+                        position=position,
+                    )
                 )
                 continue
             trace, step, metrics, run_id, agent_id = item
-            yield Found(
-                trace=trace,
-                step=step,
-                metrics=metrics,
-                run=runs.get(run_id) if run_id else None,
-                agent=self._agents.get(agent_id) if agent_id else None,
-                position=position,
-                origin=self.name,
+            events.append(
+                Found(
+                    trace=trace,
+                    step=step,
+                    metrics=metrics,
+                    run=runs.get(run_id) if run_id else None,
+                    agent=self._agents.get(agent_id) if agent_id else None,
+                    position=position,
+                    origin=self.name,
+                )
             )
+        return events
 
     async def _runs(self, conn: _Conn, queries: Queries, ids: set[str]) -> dict[str, Run]:
         if not ids:
