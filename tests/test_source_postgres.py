@@ -434,3 +434,25 @@ async def test_an_sqlalchemy_url_like_letta_pg_uri_connects(dsn: str) -> None:
         f"{params['port']}/{params['dbname']}"
     )
     assert len(found(await read_all(PostgresOptions(dsn=url, limit=3)))) == 3
+
+
+async def test_tool_generation_rows_are_read_like_the_others(
+    dsn: str, writable: psycopg.Connection
+) -> None:
+    base = found(await read_all(PostgresOptions(dsn=dsn)))
+    new_id = writable.execute(
+        "INSERT INTO provider_traces (id, request_json, response_json, step_id, agent_id,"
+        " call_type, run_id, created_at, organization_id) SELECT"
+        " 'provider_trace-' || gen_random_uuid(), request_json, response_json, NULL, agent_id,"
+        " 'tool_generation', NULL, now(), organization_id FROM provider_traces"
+        " ORDER BY created_at LIMIT 1 RETURNING id"
+    ).fetchone()[0]
+    try:
+        events = found(await read_all(PostgresOptions(dsn=dsn), resume=base[-1].position))
+        assert [(e.trace.id, e.trace.call_type) for e in events] == [(new_id, "tool_generation")]
+        span = convert_trace(
+            events[0].trace, TraceContext(agent=events[0].agent), resource=RESOURCE
+        )
+        assert span.attributes["letta.call_type"] == "tool_generation"
+    finally:
+        writable.execute("DELETE FROM provider_traces WHERE id = %s", (new_id,))
