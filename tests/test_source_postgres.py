@@ -456,3 +456,14 @@ async def test_tool_generation_rows_are_read_like_the_others(
         assert span.attributes["letta.call_type"] == "tool_generation"
     finally:
         writable.execute("DELETE FROM provider_traces WHERE id = %s", (new_id,))
+
+
+async def test_a_query_past_the_statement_timeout_is_a_run_time_error(dsn: str) -> None:
+    with psycopg.connect(dsn) as locker:  # holds the table until the reader gives up
+        locker.execute("LOCK TABLE provider_traces IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(DatabaseError) as info:
+            await read_all(PostgresOptions(dsn=dsn, statement_timeout=0.2))
+        locker.rollback()
+    assert not info.value.configuration
+    assert "statement_timeout" in str(info.value)
+    assert "CREATE INDEX CONCURRENTLY" in str(info.value)

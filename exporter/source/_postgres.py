@@ -274,10 +274,13 @@ class PostgresSource:
                         # The cursor has moved past the whole batch; the limit stopped inside it.
                         yield CaughtUp(event.position)
                         return
-            except psycopg.OperationalError as exc:
-                await self.aclose()
-                raise DatabaseError(self._target, f"connection lost: {_first_line(exc)}") from None
             except psycopg.Error as exc:
+                live = self._conn
+                if live is None or live.broken or live.closed:
+                    await self.aclose()
+                    raise DatabaseError(
+                        self._target, f"connection lost: {_first_line(exc)}"
+                    ) from None
                 raise self._query_error(exc) from None
             yield CaughtUp(cursor.encode())
             if not follow:
