@@ -10,7 +10,9 @@ these at the stage that meets them, with ``raise ... from exc``.
     ├── SourceError                               reading from Letta or from a file failed
     │   ├── SourceHTTPError                       Letta answered an error status (after retries)
     │   ├── SourceConnectionError                 Letta could not be reached (after retries)
-    │   └── SourceResponseError                   Letta answered something unreadable
+    │   ├── SourceResponseError                   Letta answered something unreadable
+    │   └── DatabaseError                         reading Letta's PostgreSQL failed (run time)
+    │       └── DatabaseConfigError               refused credentials, missing table/column
     ├── RecordInvalidError     (also ValueError)  a record does not match its schema
     ├── SinkError                                 the collector or output refused or failed
     └── CheckpointError                           the state file cannot be read or written
@@ -24,6 +26,8 @@ from __future__ import annotations
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DatabaseConfigError",
+    "DatabaseError",
     "ExporterError",
     "RecordInvalidError",
     "SinkError",
@@ -157,3 +161,27 @@ class CheckpointError(ExporterError):
         super().__init__(f"checkpoint {path}: {message}")
         self.path = path
         self.message = message
+
+
+class DatabaseError(SourceError):
+    """Reading Letta's PostgreSQL database failed (at run time: the CLI exits 1).
+
+    Args:
+        target: the database, as a masked DSN (``postgresql://user:***@host:5432/letta``).
+        message: what went wrong, naming the table, column or setting involved.
+    """
+
+    #: A setting (the DSN, the credentials, the database's schema) must change: the CLI exits 2.
+    configuration: bool = False
+
+    def __init__(self, target: str, message: str) -> None:
+        super().__init__(f"database {target}: {message}")
+        self.target = target
+        self.message = message
+
+
+class DatabaseConfigError(DatabaseError):
+    """The database cannot be used as configured: authentication refused, no such database, a
+    missing table or column (an older or newer Letta schema). Retrying cannot help: exit 2."""
+
+    configuration = True
