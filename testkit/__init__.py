@@ -6,10 +6,12 @@ benchmarks and a checkout's demos import them from the repository root.
 
 from __future__ import annotations
 
-from .fake_letta import FakeLetta, Fault, LettaStore, RecordedRequest
+from .fake_letta import DEEP_LEVELS, BrokenTrace, FakeLetta, Fault, LettaStore, RecordedRequest
 from .otlp_receiver import OtlpReceiver, ReceivedRequest, ReceivedSpan
 
 __all__ = [
+    "DEEP_LEVELS",
+    "BrokenTrace",
     "FakeLetta",
     "Fault",
     "LettaStore",
