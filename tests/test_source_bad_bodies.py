@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
+import os
+import subprocess
+import sys
 import zlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,7 +27,9 @@ from exporter.settings import Settings
 from exporter.source import LettaClient, StepFilter
 from exporter.source._http import decode_body
 from exporter.source._transport import BodyTooLargeError
-from testkit import DEEP_LEVELS, BrokenTrace, FakeLetta, LettaStore
+from testkit import DEEP_LEVELS, BrokenTrace, FakeLetta, LettaStore, OtlpReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _settings(url: str) -> Settings:
@@ -163,3 +170,44 @@ def test_convert_is_bounded_on_a_deep_body_that_got_past_parsing() -> None:
     span = convert_trace(trace, resource=build_resource())
     warnings = span.attributes.get("letta.convert.warnings") or ()
     assert not [w for w in warnings if "internal error" in w]
+
+
+# ------------------------------------------------------------------------------- end to end
+@pytest.mark.parametrize("kind", ["truncated", "invalid_utf8", "deep"])
+def test_export_dead_letters_the_broken_trace_and_delivers_the_rest(
+    tmp_path: Path, kind: BrokenTrace
+) -> None:
+    store = LettaStore()
+    store.generate(30)
+    bad = store.step_ids()[5]
+    with (
+        FakeLetta(store, flavour="cloud", gzip=True, early_hints=True) as letta,
+        OtlpReceiver() as receiver,
+    ):
+        letta.corrupt_trace(bad, kind)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("LETTA_", "OTEL_"))}
+        env.update(
+            LETTA_EXPORTER_STATE_PATH=str(tmp_path / "state.json"),
+            LETTA_EXPORTER_DEAD_LETTER_PATH=str(tmp_path / "dead.jsonl"),
+            LETTA_EXPORTER_RETRY_BACKOFF_INITIAL_SECONDS="0.01",
+            LETTA_EXPORTER_RETRY_BACKOFF_MAX_SECONDS="0.05",
+        )
+        result = subprocess.run(
+            [
+                *(sys.executable, "-m", "exporter.cli", "export", "--json"),
+                *("--letta-url", letta.url, "--otlp-endpoint", receiver.http_base_endpoint),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+        )
+        received = receiver.spans()
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1  # a record was not delivered
+    summary = json.loads(result.stdout[result.stdout.index("{\n") :])
+    assert (summary["exported"], summary["invalid"]) == (29, 1)
+    assert len([s for s in received if not s.name.startswith("invoke_agent")]) == 29
+    (dead,) = [json.loads(x) for x in (tmp_path / "dead.jsonl").read_text().splitlines()]
+    assert (dead["reason"], dead["step_id"]) == ("invalid", bad)
