@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from exporter.convert import build_resource, convert_trace
-from exporter.errors import RecordInvalidError
+from exporter.errors import RecordInvalidError, SourceHTTPError
 from exporter.models import ProviderTrace
 from exporter.settings import Settings
 from exporter.source import LettaClient, StepFilter
@@ -211,3 +211,17 @@ def test_export_dead_letters_the_broken_trace_and_delivers_the_rest(
     assert len([s for s in received if not s.name.startswith("invoke_agent")]) == 29
     (dead,) = [json.loads(x) for x in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert (dead["reason"], dead["step_id"]) == ("invalid", bad)
+
+
+async def test_a_deep_error_body_is_an_http_error_not_a_crash(store: LettaStore) -> None:
+    nested = b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS
+    with FakeLetta(store, flavour="cloud") as letta:
+        letta.fail(500, times=None, path=r"/trace$", body=b'{"detail": ' + nested + b"}")
+        letta.fail(404, times=None, path=r"^/v1/steps/[^/]+$", body=nested)
+        async with LettaClient.from_settings(_settings(letta.url)) as client:
+            with pytest.raises(SourceHTTPError) as raised:
+                await client.get_trace(store.step_ids()[0])
+            assert raised.value.status_code == 500
+            with pytest.raises(SourceHTTPError) as missing:
+                await client.get_step(store.step_ids()[0])
+            assert missing.value.status_code == 404

@@ -8,6 +8,7 @@ one place (as httpx maps httpcore errors at its transport seam).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import RecordInvalidError, SourceConnectionError, SourceHTTPError, SourceResponseError
+from ..models import load_json
 from ._retry import RetryPolicy, SourceStats, is_retryable, parse_retry_after
 from ._transport import BodyTooLargeError, LeanTransport
 
@@ -253,13 +255,14 @@ class Requester:
         if not text:
             return None
         try:
-            body = json.loads(text)
+            body = load_json(text)  # any depth: a ValueError, never a RecursionError
         except ValueError:
             pass
         else:
             if isinstance(body, dict) and "detail" in body:
                 detail = body["detail"]
-                text = detail if isinstance(detail, str) else json.dumps(detail)
+                with contextlib.suppress(RecursionError):
+                    text = detail if isinstance(detail, str) else json.dumps(detail)
         text = " ".join(self.scrub(text).split())
         return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
 
