@@ -123,16 +123,28 @@ class RecordInvalidError(ExporterError, ValueError):
         record_id: the record's id when it could be read, else ``None``.
         field: the dotted path of the first offending field, or ``None`` for the whole record.
         message: what is wrong with it.
+        step_id: the step the record was fetched for, when it came from Letta (a body too
+            broken to read has no id of its own, but it is still that step's problem).
     """
 
-    def __init__(self, kind: str, record_id: str | None, field: str | None, message: str) -> None:
+    def __init__(
+        self,
+        kind: str,
+        record_id: str | None,
+        field: str | None,
+        message: str,
+        *,
+        step_id: str | None = None,
+    ) -> None:
         where = f" field {field!r}" if field else ""
         ident = record_id or "<no id>"
-        super().__init__(f"invalid {kind} {ident}:{where} {message}")
+        of_step = f" of step {step_id}" if step_id else ""
+        super().__init__(f"invalid {kind} {ident}{of_step}:{where} {message}")
         self.kind = kind
         self.record_id = record_id
         self.field = field
         self.message = message
+        self.step_id = step_id
 
 
 class SinkError(ExporterError):

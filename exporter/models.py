@@ -34,6 +34,7 @@ __all__ = [
     "RunMetrics",
     "Step",
     "StepMetrics",
+    "load_json",
     "parse_record",
     "parse_records",
     "parse_trace_body",
@@ -41,6 +42,9 @@ __all__ = [
 
 PROVIDER_TRACE_ID_PATTERN: Final = r"^provider_trace-[a-fA-F0-9]{8}"
 TERMINAL_RUN_STATUSES: Final = frozenset({"completed", "failed", "cancelled"})
+#: What a record whose JSON nests deeper than the parsers go is told (pydantic-core stops at a
+#: couple of hundred levels, ``json`` at the interpreter's recursion limit).
+NESTED_TOO_DEEPLY: Final = "nested too deeply"
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -210,10 +214,26 @@ def _adapter(tp: Any) -> TypeAdapter[Any]:
     return TypeAdapter(tp)
 
 
+def load_json(raw: bytes | str) -> Any:
+    """``json.loads`` for the error paths, where input of any depth must give a ``ValueError``.
+
+    ``json`` recurses once per nesting level: a record of 1000 nested arrays would otherwise
+    end the process with a ``RecursionError`` instead of being reported as a bad record.
+
+    Raises:
+        ValueError: not JSON (a ``JSONDecodeError``, or ``UnicodeDecodeError`` for bytes that
+            are not UTF-8), or nested too deeply (the message says so).
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError(NESTED_TOO_DEEPLY) from None
+
+
 def _record_id(raw: bytes | str, index: int | None) -> str | None:
     """Best-effort id of the record that failed, for the error message (error path only)."""
     try:
-        data = json.loads(raw)
+        data = load_json(raw)
     except ValueError:
         return None
     if index is not None:
@@ -232,10 +252,16 @@ def _translate(
         index = loc[0]
         loc = loc[1:]
     if first.get("type") == "json_invalid":
-        return RecordInvalidError(model.__name__, None, None, f"not valid JSON ({first['msg']})")
+        return RecordInvalidError(model.__name__, None, None, _json_invalid(first["msg"]))
     # Union members (``X | None``) add their type name to the location; keep only field names.
     field = ".".join(str(p) for p in loc if not _is_type_tag(p)) or None
     return RecordInvalidError(model.__name__, _record_id(raw, index), field, first["msg"])
+
+
+def _json_invalid(message: str) -> str:
+    if "recursion limit" in message:
+        return f"{NESTED_TOO_DEEPLY} (more levels of arrays and objects than are read)"
+    return f"not valid JSON ({message})"
 
 
 def _is_type_tag(part: Any) -> bool:

@@ -82,6 +82,10 @@ def parse_time(value: str | datetime, *, now: datetime | None = None) -> datetim
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+#: A ``%`` not followed by two hex digits: ``unquote`` would keep it as is, silently.
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
 def parse_key_value_list(text: str, *, setting: str) -> dict[str, str]:
     """Parse the OTel ``key1=value1,key2=value2`` format (values URL-encoded).
 
@@ -89,7 +93,7 @@ def parse_key_value_list(text: str, *, setting: str) -> dict[str, str]:
     repeats the text: header values are secrets.
 
     Raises:
-        ConfigError: a member is not ``key=value``.
+        ConfigError: a member is not ``key=value``, or has a bad ``%``-escape.
     """
     result: dict[str, str] = {}
     for index, item in enumerate(text.split(",")):
@@ -100,7 +104,16 @@ def parse_key_value_list(text: str, *, setting: str) -> dict[str, str]:
             raise ConfigError(
                 setting, f"item {index + 1} is not key=value (expected key1=value1,key2=value2)"
             )
-        result[unquote(key.strip())] = unquote(val.strip())
+        if _BAD_ESCAPE.search(item) is not None:
+            raise ConfigError(
+                setting, f"item {index + 1} has a bad %-escape (expected % and two hex digits)"
+            )
+        try:
+            result[unquote(key.strip(), errors="strict")] = unquote(val.strip(), errors="strict")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                setting, f"item {index + 1} has %-escapes that are not UTF-8"
+            ) from None
     return result
 
 

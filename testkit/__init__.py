@@ -7,7 +7,7 @@ benchmarks and a checkout's demos import them from the repository root, and
 
 from __future__ import annotations
 
-from .fake_letta import FakeLetta, Fault, LettaStore, RecordedRequest
+from .fake_letta import DEEP_LEVELS, BrokenTrace, FakeLetta, Fault, LettaStore, RecordedRequest
 from .otlp_receiver import (
     OtlpReceiver,
     ReceivedExemplar,
@@ -17,6 +17,8 @@ from .otlp_receiver import (
 )
 
 __all__ = [
+    "DEEP_LEVELS",
+    "BrokenTrace",
     "FakeLetta",
     "Fault",
     "LettaStore",

@@ -17,7 +17,10 @@ pages are found by bisecting sorted indexes, so a page costs O(page) however big
 
 Faults can be set while it runs: error statuses (with ``Retry-After``) for the next N requests or
 for a path pattern, slow answers, malformed JSON, dropped connections, traces held back as
-``null`` until released ("written later"), and a required API key. Every request is recorded.
+``null`` until released ("written later"), one step's trace served broken (truncated, not UTF-8,
+nested 1000 deep: :meth:`FakeLetta.corrupt_trace`), and a required API key. Like servers behind
+a proxy it can gzip its answers when asked (``gzip=True``) and send ``103 Early Hints`` before
+each one (``early_hints=True``). Every request is recorded.
 
     with FakeLetta.from_fixtures(LETTA, flavour="0.16.8") as letta:
         letta.fail(429, times=2, retry_after=1)
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import gzip as gzip_codec
 import json
 import random
 import re
@@ -46,9 +50,22 @@ from types import TracebackType
 from typing import Any, Final, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["FakeLetta", "Fault", "Flavour", "LettaStore", "RecordedRequest"]
+__all__ = [
+    "DEEP_LEVELS",
+    "BrokenTrace",
+    "FakeLetta",
+    "Fault",
+    "Flavour",
+    "LettaStore",
+    "RecordedRequest",
+    "broken_trace_body",
+]
 
 Flavour = Literal["0.16.8", "cloud"]
+#: How :meth:`FakeLetta.corrupt_trace` breaks a trace body.
+BrokenTrace = Literal["truncated", "invalid_utf8", "deep"]
+#: Levels of nested arrays in a ``deep`` trace: more than any JSON parser of the exporter reads.
+DEEP_LEVELS: Final = 1000
 
 _UUID4: Final = r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 _STEP_ID: Final = re.compile(rf"^step-{_UUID4}$")
@@ -744,6 +761,23 @@ def _join(bodies: Iterable[bytes]) -> bytes:
     return b"[" + b",".join(bodies) + b"]"
 
 
+def broken_trace_body(kind: BrokenTrace, good: bytes, step_id: str) -> bytes:
+    """A trace body broken the way ``kind`` says (``good`` is the step's real one, if any)."""
+    if kind == "truncated":
+        whole = good if len(good) > 8 else _dumps({"step_id": step_id, "request_json": {}})
+        return whole[: len(whole) // 2]
+    if kind == "invalid_utf8":
+        return (
+            b'{"step_id": "' + step_id.encode() + b'", "request_json": {"model": "\xff\xfe"},'
+            b' "response_json": {}}'
+        )
+    nested = b"[" * DEEP_LEVELS + b"]" * DEEP_LEVELS
+    return (
+        b'{"step_id": "' + step_id.encode() + b'", "request_json": {"messages": ' + nested + b"},"
+        b' "response_json": {}}'
+    )
+
+
 # ---------------------------------------------------------------------- the server
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -808,6 +842,9 @@ class FakeLetta:
         api_key: when set, every route but ``/v1/health/`` needs ``Authorization: Bearer <key>``
             (else 401), like a server started with ``--secure``.
         port: the port to listen on (0: a free one).
+        gzip: gzip every answer whose request says ``Accept-Encoding: gzip``, like a
+            compressing proxy.
+        early_hints: send a ``103 Early Hints`` informational answer before every answer.
     """
 
     def __init__(
@@ -817,11 +854,16 @@ class FakeLetta:
         flavour: Flavour = "0.16.8",
         api_key: str | None = None,
         port: int = 0,
+        gzip: bool = False,
+        early_hints: bool = False,
     ) -> None:
         self._port = port
         self.store = store if store is not None else LettaStore()
         self.flavour: Flavour = flavour
         self.api_key = api_key
+        self.gzip = gzip
+        self.early_hints = early_hints
+        self._broken: dict[str, BrokenTrace] = {}
         self._lock = threading.Lock()
         self._faults: list[Fault] = []
         self._delays: list[tuple[str | None, float]] = []
@@ -941,6 +983,19 @@ class FakeLetta:
             self._faults.clear()
             self._delays.clear()
 
+    def corrupt_trace(self, step_id: str, kind: BrokenTrace | None) -> None:
+        """Serve this step's trace broken (``None``: serve it intact again).
+
+        ``truncated`` cuts the real body in half, ``invalid_utf8`` puts bytes that are not UTF-8
+        in a string, ``deep`` nests :data:`DEEP_LEVELS` arrays in ``request_json``. The answer
+        stays ``200``, as from a server or a proxy that mangles one record.
+        """
+        with self._lock:
+            if kind is None:
+                self._broken.pop(step_id, None)
+            else:
+                self._broken[step_id] = kind
+
     def hold_traces(self, *step_ids: str) -> None:
         """Answer ``null`` for these steps' traces (none given: all) until released."""
         with self._lock:
@@ -1017,7 +1072,7 @@ class FakeLetta:
                 answer = (401, _detail("Unauthorized"), {})
             else:
                 answer = self._route(split.path, _Query(query))
-            self._send(handler, answer)
+            self._send(handler, answer, headers)
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -1027,10 +1082,16 @@ class FakeLetta:
             return True  # a --secure Letta leaves its health check open
         return headers.get("authorization") == f"Bearer {self.api_key}"
 
-    @staticmethod
-    def _send(handler: _Handler, answer: _Answer) -> None:
+    def _send(self, handler: _Handler, answer: _Answer, headers: Mapping[str, str]) -> None:
         status, body, extra = answer
+        if self.gzip and "gzip" in headers.get("accept-encoding", "").lower():
+            body = gzip_codec.compress(body, compresslevel=1)
+            extra = {**extra, "Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
         try:
+            if self.early_hints:
+                handler.send_response_only(103)
+                handler.send_header("Link", "</v1/health/>; rel=preload")
+                handler.end_headers()
             handler.send_response(status)
             handler.send_header("Content-Type", "application/json")
             handler.send_header("Content-Length", str(len(body)))
@@ -1124,6 +1185,10 @@ class FakeLetta:
         entry = self.store._steps.get(step_id)
         with self._lock:
             held = self._hold_all or step_id in self._held
+            broken = self._broken.get(step_id)
+        if broken is not None:
+            good = entry.trace if entry is not None else b""
+            return 200, broken_trace_body(broken, good, step_id), {}
         # Unknown step, no trace, or one "not written yet": all 200 null on a real server.
         return 200, (entry.trace if entry is not None and not held else _NULL), {}
 

@@ -355,6 +355,27 @@ def test_parse_key_value_list_error_names_item_not_text() -> None:
     assert "SECRET" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    ["a=1,authorization=Bearer%zzSECRET", "a=1,x%2=SECRET", "a=1,k=SECRET%", "a=1,k=%ffSECRET"],
+)
+def test_parse_key_value_list_rejects_a_bad_escape(
+    monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_key_value_list(text, setting="OTEL_EXPORTER_OTLP_HEADERS")
+    assert info.value.setting == "OTEL_EXPORTER_OTLP_HEADERS"
+    assert "item 2" in str(info.value)
+    assert "SECRET" not in str(info.value)
+    # Through the settings too: the error names the variable, never the value.
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", text)
+    with pytest.raises(ConfigError) as loaded:
+        Settings.load().otlp_header_dict()
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in str(loaded.value)
+    assert "SECRET" not in str(loaded.value)
+    assert parse_key_value_list("k=a%20b%2Cc", setting="S") == {"k": "a b,c"}
+
+
 @pytest.mark.parametrize("field", ["agent_ids", "redact_patterns"])
 def test_comma_separated_env_lists(monkeypatch: pytest.MonkeyPatch, field: str) -> None:
     monkeypatch.setenv(f"LETTA_EXPORTER_{field.upper()}", " a1 , b2,,c3 ")

@@ -133,10 +133,13 @@ async def test_agents_are_cached_and_loaded_once(client, fake):
 
 
 async def test_malformed_json_names_the_url(client, fake):
+    # A trace body that is not JSON is that step's bad record (dead-lettered alone), not a
+    # broken server: the error names the step.
     fake.malformed(path=r"/trace$")
-    with pytest.raises(SourceResponseError) as raised:
+    with pytest.raises(RecordInvalidError) as raised:
         await client.get_trace(STEP)
-    assert f"/v1/steps/{STEP}/trace" in str(raised.value)
+    assert raised.value.step_id == STEP
+    assert f"step {STEP}" in str(raised.value)
     assert "not valid JSON" in str(raised.value)
     fake.malformed(path=r"^/v1/runs/$", body=b'{"not": "a list"}')
     with pytest.raises(SourceResponseError, match=r"/v1/runs/"):

@@ -199,10 +199,25 @@ class LettaClient:
         """The step's provider trace; ``None`` when Letta has none (yet): it answers 200 ``null``.
 
         Raises:
-            RecordInvalidError: the trace does not match the ProviderTrace schema.
-            SourceResponseError: the body is not JSON.
+            RecordInvalidError: the body is not a ProviderTrace: a field of the wrong type, or
+                not JSON at all (truncated, not UTF-8, nested too deeply), or a body too large or
+                not decodable. Either way it is this step's record that is bad, not the server:
+                the error carries ``step_id``.
         """
-        return await self._requester.get_parsed(f"/v1/steps/{step_id}/trace", parse_trace_body)
+        try:
+            raw = await self._requester.get(f"/v1/steps/{step_id}/trace")
+        except SourceResponseError as exc:
+            # Too large, or compressed wrongly: the same bytes would come again.
+            raise RecordInvalidError(
+                "ProviderTrace", None, None, exc.message, step_id=step_id
+            ) from exc
+        assert raw is not None  # get answers None only with missing_ok
+        try:
+            return parse_trace_body(raw)
+        except RecordInvalidError as exc:
+            raise RecordInvalidError(
+                exc.kind, exc.record_id, exc.field, exc.message, step_id=step_id
+            ) from exc
 
     async def get_step(self, step_id: str) -> Step:
         """One step (a 404 is an error: the caller knows the step exists)."""

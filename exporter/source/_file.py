@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Annotated, BinaryIO, Final
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..errors import RecordInvalidError, SourceError
-from ..models import ProviderTrace, parse_record
+from ..models import NESTED_TOO_DEEPLY, ProviderTrace, load_json, parse_record
 
 __all__ = ["TraceFileReader", "read_trace_file"]
 
@@ -32,6 +33,9 @@ _logger = logging.getLogger(__name__)
 
 _BOM: Final = b"\xef\xbb\xbf"
 _STDIN: Final = "-"
+#: The tokens that matter for splitting a JSON array into its items: whole strings (so brackets
+#: and commas inside them are skipped) and the structural characters.
+_TOKENS: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
 
 
 class _Recorded(BaseModel):
@@ -199,17 +203,22 @@ class TraceFileReader(Iterator[ProviderTrace]):
             try:
                 entries = _ENTRIES.validate_json(raw)
             except ValidationError as exc:
-                if self._on_invalid is None or not isinstance(items := _loads(raw), list):
+                if self._on_invalid is None:
                     raise self._explain_item(raw, exc) from exc
-                # Error path: item by item, reporting the bad ones.
-                for index, item in enumerate(items):
-                    text = json.dumps(item).encode()
+                # Error path: item by item, reporting the bad ones. The items are split without
+                # parsing the array, so one unreadable item (truncated, not UTF-8, nested too
+                # deeply) does not take the others with it.
+                items, rest = _array_items(raw)
+                for index, text in enumerate(items):
                     try:
                         entry = _ENTRY.validate_json(text)
                     except ValidationError as item_exc:
                         self._invalid(_explain(text, f"item {index + 1} of {self.name}"), item_exc)
                         continue
                     yield from self._take(entry)
+                if rest:
+                    where = f"{self.name} after item {len(items)}"
+                    self._invalid(_explain(rest, where), exc)
                 return
             for entry in entries:
                 yield from self._take(entry)
@@ -217,7 +226,9 @@ class TraceFileReader(Iterator[ProviderTrace]):
         try:
             entry = _ENTRY.validate_json(raw)
         except ValidationError as exc:
-            raise _explain(raw, self.name) from exc
+            # A file of one record: that record is reported like any other bad one.
+            self._invalid(_explain(raw, self.name), exc)
+            return
         yield from self._take(entry)
 
     def _take(self, entry: ProviderTrace | _Recorded) -> Iterator[ProviderTrace]:
@@ -232,19 +243,43 @@ class TraceFileReader(Iterator[ProviderTrace]):
 
     def _explain_item(self, raw: bytes, exc: ValidationError) -> RecordInvalidError:
         loc = exc.errors(include_url=False)[0].get("loc", ())
-        if loc and isinstance(loc[0], int):
-            try:
-                item = json.loads(raw)[loc[0]]
-            except (ValueError, IndexError, TypeError):
-                pass
-            else:
-                return _explain(json.dumps(item).encode(), f"item {loc[0] + 1} of {self.name}")
+        items, _ = _array_items(raw)
+        if loc and isinstance(loc[0], int) and loc[0] < len(items):
+            return _explain(items[loc[0]], f"item {loc[0] + 1} of {self.name}")
         return _explain(raw, self.name)
+
+
+def _array_items(raw: bytes) -> tuple[list[bytes], bytes]:
+    """Split a JSON array into its items' bytes without parsing them (so without recursion).
+
+    Returns:
+        The complete items, and what is left that is not one (an unterminated last item, or
+        anything after the closing bracket), empty when the array is well formed.
+    """
+    items: list[bytes] = []
+    depth = 0
+    start = raw.index(b"[") + 1
+    for match in _TOKENS.finditer(raw, start - 1):
+        token = match.group()
+        if token.startswith(b'"'):
+            continue
+        if token in (b"[", b"{"):
+            depth += 1
+        elif token in (b"]", b"}"):
+            depth -= 1
+            if depth == 0:
+                if last := raw[start : match.start()].strip():
+                    items.append(last)
+                return items, raw[match.end() :].strip()
+        elif depth == 1:  # a comma between two items
+            items.append(raw[start : match.start()].strip())
+            start = match.end()
+    return items, raw[start:].strip()
 
 
 def _loads(raw: bytes) -> object:
     try:
-        return json.loads(raw)
+        return load_json(raw)
     except ValueError:
         return None
 
@@ -256,13 +291,19 @@ def _is_json(text: bytes) -> bool:
 def _explain(raw: bytes, where: str) -> RecordInvalidError:
     """Say why a record failed (error path only: parsing it again is fine here)."""
     try:
-        data = json.loads(raw)
+        data = load_json(raw)
     except ValueError as exc:
-        return RecordInvalidError("ProviderTrace", None, None, f"not valid JSON ({exc}) in {where}")
+        reason = NESTED_TOO_DEEPLY if str(exc) == NESTED_TOO_DEEPLY else f"not valid JSON ({exc})"
+        return RecordInvalidError("ProviderTrace", None, None, f"{reason} in {where}")
     prefix = ""
     if isinstance(data, dict) and "trace" in data and "request_json" not in data:
         # A recorded fixture: the trace inside it is what failed.
-        prefix, raw = "trace.", json.dumps(data["trace"]).encode()
+        try:
+            prefix, raw = "trace.", json.dumps(data["trace"]).encode()
+        except RecursionError:
+            return RecordInvalidError(
+                "ProviderTrace", None, "trace", f"{NESTED_TOO_DEEPLY} in {where}"
+            )
     elif not isinstance(data, dict):
         return RecordInvalidError(
             "ProviderTrace", None, None, f"expected an object, got {type(data).__name__} in {where}"

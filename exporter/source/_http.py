@@ -8,9 +8,11 @@ one place (as httpx maps httpcore errors at its transport seam).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
 from urllib.parse import quote
@@ -18,8 +20,9 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import RecordInvalidError, SourceConnectionError, SourceHTTPError, SourceResponseError
+from ..models import load_json
 from ._retry import RetryPolicy, SourceStats, is_retryable, parse_retry_after
-from ._transport import LeanTransport
+from ._transport import BodyTooLargeError, LeanTransport
 
 __all__ = ["Params", "Requester", "safe_url"]
 
@@ -111,6 +114,8 @@ class Requester:
             SourceHTTPError: an error status, after any retries; the message names the URL and
                 the status (and, for 401/403, says the API key was refused or missing).
             SourceConnectionError: Letta could not be reached, after retries.
+            SourceResponseError: the body is larger than the transport reads, or its
+                ``Content-Encoding`` does not decode.
         """
         retries = 0
         raw = self._raw if not params else None
@@ -131,6 +136,10 @@ class Requester:
                 else:
                     assert request is not None
                     response = await self._send(request)
+            except (BodyTooLargeError, httpx.DecodingError) as exc:
+                # The same bytes would come again: not worth a retry.
+                self.stats.failures += 1
+                raise SourceResponseError(self.url_for(path, params), str(exc)) from exc
             except httpx.UnsupportedProtocol as exc:
                 self.stats.failures += 1
                 raise SourceConnectionError(
@@ -246,13 +255,14 @@ class Requester:
         if not text:
             return None
         try:
-            body = json.loads(text)
+            body = load_json(text)  # any depth: a ValueError, never a RecursionError
         except ValueError:
             pass
         else:
             if isinstance(body, dict) and "detail" in body:
                 detail = body["detail"]
-                text = detail if isinstance(detail, str) else json.dumps(detail)
+                with contextlib.suppress(RecursionError):
+                    text = detail if isinstance(detail, str) else json.dumps(detail)
         text = " ".join(self.scrub(text).split())
         return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
 
@@ -270,9 +280,11 @@ class Requester:
 class _RawGets:
     """Parameterless GETs straight through the lean transport (one per trace: the hot path).
 
-    The request head (the client's headers, ``Host``, the base URL's path) is built once; each
-    GET only adds its path. Used only when the client's transport is the lean one and nothing
-    (auth flow, event hooks, cookies) would change a request on its way through httpx.
+    The request headers (the client's, ``Host``) and the base URL's path are worked out once;
+    each GET only adds its path. Used only when the client's transport is the lean one and
+    nothing (auth flow, event hooks, cookies) would change a request on its way through httpx.
+    It asks for ``gzip, deflate`` only (whatever the client would ask for), and decodes those
+    itself, as ``httpx.Response`` would: a compressing proxy in front of Letta is common.
     """
 
     def __init__(self, transport: LeanTransport, http: httpx.AsyncClient) -> None:
@@ -280,14 +292,17 @@ class _RawGets:
         self._transport = transport
         self._key = (base.scheme, base.host, base.port or (443 if base.scheme == "https" else 80))
         self._prefix = base.raw_path.rstrip(b"/")
-        host = base.netloc  # host[:port], as httpx sends it
-        lines = [b"Host: " + host]
-        lines.extend(
-            b"%s: %s" % (name, value) for name, value in http.headers.raw if name.lower() != b"host"
+        headers = [(b"Host", base.netloc)]  # host[:port], as httpx sends it
+        headers.extend(
+            (name, value)
+            for name, value in http.headers.raw
+            if name.lower() not in (b"host", b"accept-encoding")
         )
-        self._headers = b"\r\n".join(lines) + b"\r\n\r\n"
+        headers.append((b"Accept-Encoding", b"gzip, deflate"))
+        self._headers = headers
         timeout = http.timeout
-        self._timeouts = {"connect": timeout.connect, "read": timeout.read}
+        self._timeouts = {"connect": timeout.connect, "read": timeout.read, "write": timeout.write}
+        self._max_body = transport.max_body
 
     @classmethod
     def of(cls, http: httpx.AsyncClient, lean: LeanTransport | None) -> _RawGets | None:
@@ -299,5 +314,50 @@ class _RawGets:
 
     async def get(self, path: str) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         target = self._prefix + quote(path, safe="/:@!$&'()*+,;=-._~").encode("ascii")
-        head = b"GET " + target + b" HTTP/1.1\r\n" + self._headers
-        return await self._transport.get_raw(self._key, head, self._timeouts)
+        status, headers, content = await self._transport.get_raw(
+            self._key, target, self._headers, self._timeouts
+        )
+        for name, value in headers:
+            if name.lower() == b"content-encoding":
+                content = decode_body(content, value, limit=self._max_body)
+        return status, headers, content
+
+
+def decode_body(content: bytes, encoding: bytes, *, limit: int) -> bytes:
+    """``content`` with its ``Content-Encoding`` (``gzip``, ``deflate`` or ``identity``) undone.
+
+    Raises:
+        httpx.DecodingError: an encoding that was not asked for, or a body that does not
+            decode.
+        BodyTooLargeError: the decoded body would be larger than ``limit``.
+    """
+    for coding in reversed(encoding.lower().split(b",")):
+        coding = coding.strip()
+        if coding in (b"", b"identity"):
+            continue
+        if coding not in _WBITS:
+            raise httpx.DecodingError(f"unsupported Content-Encoding {coding.decode('latin-1')!r}")
+        content = _inflate(content, coding, limit)
+    return content
+
+
+#: zlib's window bits per coding: gzip framing, or the zlib framing "deflate" should have.
+_WBITS: Final = {b"gzip": 16 + zlib.MAX_WBITS, b"x-gzip": 16 + zlib.MAX_WBITS, b"deflate": 0}
+
+
+def _inflate(content: bytes, coding: bytes, limit: int) -> bytes:
+    wbits = _WBITS[coding]
+    if coding == b"deflate":
+        # Some servers send raw deflate for "deflate" (as httpx's decoder allows for).
+        wbits = zlib.MAX_WBITS if content[:1] == b"\x78" else -zlib.MAX_WBITS
+    decoder = zlib.decompressobj(wbits)
+    try:
+        decoded = decoder.decompress(content, limit + 1)
+        if len(decoded) > limit or decoder.unconsumed_tail:
+            raise BodyTooLargeError(limit)
+        decoded += decoder.flush()
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"{coding.decode()} body does not decode: {exc}") from exc
+    if not decoder.eof:
+        raise httpx.DecodingError(f"{coding.decode()} body is truncated")
+    return decoded

@@ -1,21 +1,33 @@
 """A lean HTTP/1.1 keep-alive transport for the Letta client (an ``httpx`` transport).
 
 Why: the exporter makes one GET per trace, so the per-request cost of the HTTP stack bounds its
-throughput. httpx's default transport (httpcore over anyio) spends ~1 ms of CPU per request on
-this machine: every request walks the whole pool and asks each idle connection whether it
-expired through anyio's typed attributes (a dict of lambdas and a ``getpeername`` syscall per
-connection), plus lock and cancel-shield set-up. Letta calls are plain GETs with small headers,
-so this transport does only what they need on asyncio streams: one write per request, a
-``readuntil`` for the head, ``readexactly`` (or chunked decoding) for the body, and a LIFO pool
-of idle connections bounded by ``max_keepalive``. ``httpx.AsyncClient`` stays the interface
-(base URL, headers, params, timeouts, response decoding), so the rest of the source is unchanged
-and tests can still pass ``httpx.MockTransport``.
+throughput. httpx's default transport (httpcore over anyio) spends several times the CPU of
+this one per request: every request walks the whole pool and asks each idle connection whether
+it expired through anyio's typed attributes, plus lock and cancel-shield set-up (the figures are
+in ``bench/RESULTS.md``, measured with ``python -m bench.transport``). Letta calls are plain
+GETs with small headers, so this transport keeps only what they need: asyncio streams and a
+LIFO pool of idle connections bounded by ``max_keepalive``.
 
-Errors are httpx's own (``ConnectError``, ``ReadTimeout``, ``RemoteProtocolError``...), so the
-retry policy sees what it always saw. A reused keep-alive connection that turns out closed by the
-server before answering is retried once on a fresh one (GETs are idempotent), as httpcore does.
-No proxies and no HTTP/2: with a proxy in the environment :func:`lean_transport_applies` answers
-False and the client keeps httpx's default transport.
+The HTTP/1.1 framing itself is h11's (the state machine httpcore uses): informational ``1xx``
+answers, ``Content-Length`` and chunked bodies, bodies delimited by the connection's end,
+``HEAD``, ``204``/``304``, ``Connection: close`` and HTTP/1.0 are all its business, and a
+connection goes back to the pool only when h11 says both sides are done with the exchange.
+What this module adds:
+
+* a cap on the body size (:class:`BodyTooLargeError`), so a runaway answer cannot exhaust
+  memory;
+* the read timeout applies to each read (as in httpcore), not to the whole answer, and the
+  write timeout to each wait for the socket's buffer to drain (back-pressure on writes);
+* a request sent on a reused keep-alive connection that the server had already closed (nothing
+  at all came back) is sent once more on a fresh connection, only for ``GET`` and ``HEAD``:
+  resending anything else could repeat its effect.
+
+``httpx.AsyncClient`` stays the interface (base URL, headers, params, timeouts, response
+decoding), so the rest of the source is unchanged and tests can still pass
+``httpx.MockTransport``. Errors are httpx's own (``ConnectError``, ``ReadTimeout``,
+``RemoteProtocolError``...), so the retry policy sees what it always saw. No proxies and no
+HTTP/2: with a proxy in the environment :func:`lean_transport_applies` answers False and the
+client keeps httpx's default transport.
 """
 
 from __future__ import annotations
@@ -23,15 +35,23 @@ from __future__ import annotations
 import asyncio
 import ssl
 import urllib.request
-from collections.abc import AsyncIterator
 from typing import Final
 
+import h11
 import httpx
 
-__all__ = ["LeanTransport", "lean_transport_applies"]
+__all__ = ["DEFAULT_MAX_BODY", "BodyTooLargeError", "LeanTransport", "lean_transport_applies"]
 
+#: Largest response head read (status line and headers).
 _MAX_HEAD: Final = 64 * 1024
-_NO_BODY_STATUSES: Final = frozenset({204, 304})
+#: Largest response body read by default: far above any provider trace Letta stores.
+DEFAULT_MAX_BODY: Final = 256 * 1024 * 1024
+_READ_SIZE: Final = 256 * 1024
+#: Methods safe to send twice (RFC 9110 9.2.2): only these are resent on a fresh connection.
+_IDEMPOTENT: Final = frozenset({b"GET", b"HEAD"})
+
+HeaderList = list[tuple[bytes, bytes]]
+Key = tuple[str, str, int]
 
 
 def lean_transport_applies(base_url: str) -> bool:
@@ -47,103 +67,106 @@ def lean_transport_applies(base_url: str) -> bool:
     return not any(key in proxies for key in (scheme, "all"))
 
 
+class BodyTooLargeError(httpx.RemoteProtocolError):
+    """The server's answer has a body larger than the transport reads.
+
+    Args:
+        limit: the cap, in bytes.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"response body larger than {limit} bytes")
+        self.limit = limit
+
+
+class _StaleConnectionError(Exception):
+    """The server closed a reused connection before sending a byte of the response."""
+
+
 class _Connection:
-    __slots__ = ("reader", "writer")
+    __slots__ = ("reader", "state", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
+        self.state = h11.Connection(h11.CLIENT, max_incomplete_event_size=_MAX_HEAD)
 
     def usable(self) -> bool:
-        return not self.reader.at_eof() and not self.writer.is_closing()
+        return (
+            self.state.our_state is h11.IDLE
+            and not self.reader.at_eof()
+            and not self.writer.is_closing()
+        )
 
     def close(self) -> None:
         self.writer.close()
 
 
 class LeanTransport(httpx.AsyncBaseTransport):
-    """HTTP/1.1 with keep-alive for one server, on asyncio streams.
+    """HTTP/1.1 with keep-alive on asyncio streams, framed by h11.
 
     Args:
         max_keepalive: idle connections kept for reuse (the client's concurrency).
         ssl_context: for ``https`` URLs (default: httpx's, certifi and ``SSL_CERT_FILE``).
+        max_body: the largest response body read; a larger one is a
+            :class:`BodyTooLargeError`.
     """
 
     def __init__(
-        self, *, max_keepalive: int = 8, ssl_context: ssl.SSLContext | None = None
+        self,
+        *,
+        max_keepalive: int = 8,
+        ssl_context: ssl.SSLContext | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
     ) -> None:
         self._max_keepalive = max_keepalive
         self._ssl = ssl_context
-        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._max_body = max_body
+        self._idle: dict[Key, list[_Connection]] = {}
         self._closed = False
 
+    @property
+    def max_body(self) -> int:
+        """The largest response body read, in bytes."""
+        return self._max_body
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise httpx.ConnectError("the transport is closed", request=request)
         url = request.url
         key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
-        timeout = request.extensions.get("timeout") or {}
-        head = self._head(request)
-        body = request.content if request.method not in ("GET", "HEAD") else b""
-        status, headers, content = await self._send_payload(
-            key, request, head + body, timeout, head_only=request.method == "HEAD"
+        headers = list(request.headers.raw)
+        body = request.content
+        if body and not any(name.lower() == b"content-length" for name, _ in headers):
+            headers.append((b"Content-Length", b"%d" % len(body)))
+        status, reason, response_headers, content = await self._send(
+            key,
+            request.method.encode("ascii"),
+            url.raw_path,
+            headers,
+            body,
+            request.extensions.get("timeout") or {},
+            request,
         )
         return httpx.Response(
             status,
-            headers=headers,
+            headers=response_headers,
             stream=httpx.ByteStream(content),
             request=request,
-            extensions={"http_version": b"HTTP/1.1"},
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": reason},
         )
 
     async def get_raw(
-        self, key: tuple[str, str, int], head: bytes, timeouts: dict[str, float | None]
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """One GET whose request head is already built: ``(status, headers, body)``.
+        self, key: Key, target: bytes, headers: HeaderList, timeouts: dict[str, float | None]
+    ) -> tuple[int, HeaderList, bytes]:
+        """One GET without ``httpx.Request``/``Response`` objects: ``(status, headers, body)``.
 
-        The exporter's hot path (one GET per trace) skips building ``httpx.Request`` and
-        ``httpx.Response`` objects. Errors are the same httpx exceptions as
-        :meth:`handle_async_request` raises (without a request attached).
+        The exporter's hot path (one GET per trace). ``headers`` must include ``Host``. Errors
+        are the same httpx exceptions as :meth:`handle_async_request` raises (without a request
+        attached). The body is returned as sent: any ``Content-Encoding`` is the caller's.
         """
-        if self._closed:
-            raise httpx.ConnectError("the transport is closed")
-        return await self._send_payload(key, None, head, timeouts)
-
-    async def _send_payload(
-        self,
-        key: tuple[str, str, int],
-        request: httpx.Request | None,
-        payload: bytes,
-        timeouts: dict[str, float | None],
-        *,
-        head_only: bool = False,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        connection, reused = self._take(key), True
-        if connection is None:
-            connection, reused = await self._connect(key, request, timeouts.get("connect")), False
-        try:
-            try:
-                return await self._exchange(
-                    connection, key, request, payload, timeouts, head_only=head_only
-                )
-            except _StaleConnectionError:
-                if not reused:
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected without sending a response.", request=request
-                    ) from None
-            connection = await self._connect(key, request, timeouts.get("connect"))
-            try:
-                return await self._exchange(
-                    connection, key, request, payload, timeouts, head_only=head_only
-                )
-            except _StaleConnectionError:
-                raise httpx.RemoteProtocolError(
-                    "Server disconnected without sending a response.", request=request
-                ) from None
-        except TimeoutError as exc:
-            raise httpx.ReadTimeout("timed out reading the response", request=request) from exc
-        except OSError as exc:
-            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        status, _, response_headers, content = await self._send(
+            key, b"GET", target, headers, b"", timeouts, None
+        )
+        return status, response_headers, content
 
     async def aclose(self) -> None:
         self._closed = True
@@ -153,15 +176,44 @@ class LeanTransport(httpx.AsyncBaseTransport):
         self._idle.clear()
 
     # ------------------------------------------------------------------ internals
-    @staticmethod
-    def _head(request: httpx.Request) -> bytes:
-        url = request.url
-        target = url.raw_path  # path and query, already encoded
-        lines = [b"%s %s HTTP/1.1" % (request.method.encode(), target)]
-        lines.extend(b"%s: %s" % (name, value) for name, value in request.headers.raw)
-        return b"\r\n".join(lines) + b"\r\n\r\n"
+    async def _send(
+        self,
+        key: Key,
+        method: bytes,
+        target: bytes,
+        headers: HeaderList,
+        body: bytes,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None,
+    ) -> tuple[int, bytes, HeaderList, bytes]:
+        if self._closed:
+            raise httpx.ConnectError("the transport is closed", request=request)
+        try:
+            event = h11.Request(method=method, target=target, headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        connection = self._take(key)
+        if connection is not None:
+            try:
+                return await self._exchange(
+                    connection, key, event, body, timeouts, request, reused=True
+                )
+            except _StaleConnectionError:
+                if method not in _IDEMPOTENT:
+                    raise httpx.RemoteProtocolError(
+                        "Server disconnected without sending a response.", request=request
+                    ) from None
+        connection = await self._connect(key, request, timeouts.get("connect"))
+        try:
+            return await self._exchange(
+                connection, key, event, body, timeouts, request, reused=False
+            )
+        except _StaleConnectionError:  # pragma: no cover - raised for reused connections only
+            raise httpx.RemoteProtocolError(
+                "Server disconnected without sending a response.", request=request
+            ) from None
 
-    def _take(self, key: tuple[str, str, int]) -> _Connection | None:
+    def _take(self, key: Key) -> _Connection | None:
         idle = self._idle.get(key)
         while idle:
             connection = idle.pop()  # LIFO: the most recently used is the least likely stale
@@ -170,7 +222,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             connection.close()
         return None
 
-    def _give_back(self, key: tuple[str, str, int], connection: _Connection) -> None:
+    def _give_back(self, key: Key, connection: _Connection) -> None:
         idle = self._idle.setdefault(key, [])
         if self._closed or len(idle) >= self._max_keepalive or not connection.usable():
             connection.close()
@@ -178,10 +230,7 @@ class LeanTransport(httpx.AsyncBaseTransport):
             idle.append(connection)
 
     async def _connect(
-        self,
-        key: tuple[str, str, int],
-        request: httpx.Request | None,
-        connect_timeout: float | None,
+        self, key: Key, request: httpx.Request | None, connect_timeout: float | None
     ) -> _Connection:
         scheme, host, port = key
         context: ssl.SSLContext | None = None
@@ -192,10 +241,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
         try:
             async with asyncio.timeout(connect_timeout):
                 reader, writer = await asyncio.open_connection(
-                    host, port, ssl=context, limit=_MAX_HEAD
+                    host, port, ssl=context, limit=_READ_SIZE
                 )
         except TimeoutError as exc:
-            raise httpx.ConnectTimeout(f"connecting to {host}:{port} timed out") from exc
+            raise httpx.ConnectTimeout(
+                f"connecting to {host}:{port} timed out", request=request
+            ) from exc
         except OSError as exc:
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
         return _Connection(reader, writer)
@@ -203,108 +254,101 @@ class LeanTransport(httpx.AsyncBaseTransport):
     async def _exchange(
         self,
         connection: _Connection,
-        key: tuple[str, str, int],
-        request: httpx.Request | None,
-        payload: bytes,
+        key: Key,
+        event: h11.Request,
+        body: bytes,
         timeouts: dict[str, float | None],
+        request: httpx.Request | None,
         *,
-        head_only: bool = False,
-    ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        reader, writer = connection.reader, connection.writer
+        reused: bool,
+    ) -> tuple[int, bytes, HeaderList, bytes]:
         done = False
         try:
-            writer.write(payload)
-            async with asyncio.timeout(timeouts.get("read")):
-                try:
-                    raw_head = await reader.readuntil(b"\r\n\r\n")
-                except asyncio.IncompleteReadError as exc:
-                    if not exc.partial:
-                        raise _StaleConnectionError from None
-                    raise httpx.RemoteProtocolError(
-                        "Server disconnected in the middle of the response head.", request=request
-                    ) from None
-                except asyncio.LimitOverrunError as exc:
-                    raise httpx.RemoteProtocolError(
-                        "Response head too large.", request=request
-                    ) from exc
-                status, headers, keep_alive, length, chunked = _parse_head(raw_head, request)
-                if head_only or status in _NO_BODY_STATUSES or status < 200:
-                    content = b""
-                elif chunked:
-                    content = b"".join([part async for part in _chunks(reader, request)])
-                elif length is not None:
-                    content = await reader.readexactly(length)
-                else:
-                    content = await reader.read()
-                    keep_alive = False
+            result = await self._converse(connection, event, body, timeouts, request, reused)
             done = True
-        except asyncio.IncompleteReadError as exc:
-            raise httpx.RemoteProtocolError(
-                "Server disconnected in the middle of the response body.", request=request
-            ) from exc
         finally:
             if not done:
                 connection.close()
-        if keep_alive:
+        state = connection.state
+        if state.our_state is h11.DONE and state.their_state is h11.DONE:
+            state.start_next_cycle()
             self._give_back(key, connection)
         else:
+            # MUST_CLOSE (Connection: close, HTTP/1.0, a body ended by the connection's end).
             connection.close()
-        return status, headers, content
+        return result
 
-
-class _StaleConnectionError(Exception):
-    """The server closed the connection before sending a byte of the response."""
-
-
-def _parse_head(
-    raw: bytes, request: httpx.Request | None
-) -> tuple[int, list[tuple[bytes, bytes]], bool, int | None, bool]:
-    lines = raw[:-4].split(b"\r\n")
-    parts = lines[0].split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
-        raise httpx.RemoteProtocolError(f"malformed status line {lines[0][:80]!r}", request=request)
-    status = int(parts[1])
-    keep_alive = parts[0] == b"HTTP/1.1"
-    headers: list[tuple[bytes, bytes]] = []
-    length: int | None = None
-    chunked = False
-    for line in lines[1:]:
-        name, sep, value = line.partition(b":")
-        if not sep:
-            raise httpx.RemoteProtocolError("malformed header line", request=request)
-        name = name.strip()
-        value = value.strip()
-        headers.append((name, value))
-        lower = name.lower()
-        if lower == b"content-length":
-            if not value.isdigit():
-                raise httpx.RemoteProtocolError("bad Content-Length", request=request)
-            length = int(value)
-        elif lower == b"transfer-encoding":
-            chunked = b"chunked" in value.lower()
-        elif lower == b"connection":
-            token = value.lower()
-            if b"close" in token:
-                keep_alive = False
-            elif b"keep-alive" in token:
-                keep_alive = True
-    return status, headers, keep_alive, length, chunked
-
-
-async def _chunks(
-    reader: asyncio.StreamReader, request: httpx.Request | None
-) -> AsyncIterator[bytes]:
-    while True:
-        line = await reader.readuntil(b"\r\n")
-        size_text = line.split(b";", 1)[0].strip()
+    async def _converse(
+        self,
+        connection: _Connection,
+        event: h11.Request,
+        body: bytes,
+        timeouts: dict[str, float | None],
+        request: httpx.Request | None,
+        reused: bool,
+    ) -> tuple[int, bytes, HeaderList, bytes]:
+        state, reader, writer = connection.state, connection.reader, connection.writer
+        loop = asyncio.get_running_loop()
+        read_timeout = timeouts.get("read")
+        received = False
+        writing = True
         try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise httpx.RemoteProtocolError("bad chunk size", request=request) from None
-        if size == 0:
-            # Trailers, if any, end with an empty line.
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                pass
-            return
-        yield await reader.readexactly(size)
-        await reader.readexactly(2)
+            # One timeout context, moved before each wait: a deadline per read (or drain), not
+            # one over the whole answer, without a new timer object per read.
+            async with asyncio.timeout(None) as deadline:
+                payload = state.send(event) or b""
+                if body:
+                    payload += state.send(h11.Data(data=body)) or b""
+                payload += state.send(h11.EndOfMessage()) or b""
+                writer.write(payload)
+                if writer.transport.get_write_buffer_size() > 0:
+                    # More than the socket took at once: wait for it to drain (back-pressure).
+                    deadline.reschedule(_when(loop, timeouts.get("write")))
+                    await writer.drain()
+                writing = False
+                status, reason, size = 0, b"", 0
+                headers: HeaderList = []
+                parts: list[bytes] = []
+                while True:
+                    item = state.next_event()
+                    if item is h11.NEED_DATA:
+                        deadline.reschedule(_when(loop, read_timeout))
+                        data = await reader.read(_READ_SIZE)
+                        if not data and not received and reused:
+                            raise _StaleConnectionError
+                        received = True
+                        state.receive_data(data)
+                    elif isinstance(item, h11.Response):
+                        status, reason = item.status_code, item.reason
+                        headers = list(item.headers.raw_items())
+                    elif isinstance(item, h11.Data):
+                        size += len(item.data)
+                        if size > self._max_body:
+                            raise BodyTooLargeError(self._max_body)
+                        parts.append(item.data)
+                    elif isinstance(item, h11.EndOfMessage):
+                        break
+                    elif isinstance(item, h11.ConnectionClosed):
+                        raise httpx.RemoteProtocolError(
+                            "Server disconnected without sending a response.", request=request
+                        )
+                    # else h11.InformationalResponse (100, 103...): not the answer; read on.
+        except TimeoutError as exc:
+            if writing:
+                raise httpx.WriteTimeout("timed out sending the request", request=request) from exc
+            raise httpx.ReadTimeout("timed out reading the response", request=request) from exc
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            if not received and reused:
+                raise _StaleConnectionError from None
+            raise httpx.ReadError("the server reset the connection", request=request) from exc
+        except h11.RemoteProtocolError as exc:
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        except OSError as exc:
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        return status, reason, headers, b"".join(parts)
+
+
+def _when(loop: asyncio.AbstractEventLoop, timeout: float | None) -> float | None:
+    return None if timeout is None else loop.time() + timeout
