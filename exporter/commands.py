@@ -27,7 +27,7 @@ import click
 
 from . import timeshift, wiring
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, ConfigError, ExporterError
+from .errors import CheckpointError, ConfigError, ExporterError, SourceHTTPError
 from .progress import ExportProgress, count_records
 from .replay import ReplayOptions, export_file
 from .settings import Settings
@@ -416,6 +416,11 @@ async def _why_nothing(settings: Settings, client: LettaClient) -> list[str]:
     for agent_id in settings.agent_ids:
         try:
             known = await client.get_agent(agent_id)
+        except SourceHTTPError as exc:
+            if 400 <= exc.status_code < 500:  # a malformed id is refused before it is looked up
+                known = None
+            else:
+                continue
         except ExporterError:
             continue
         if known is None:
