@@ -137,9 +137,15 @@ def _settings_options(func: F) -> F:
             help="Put spans into the Letta server's own traces when steps carry one.",
         ),
         click.option(
-            "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], False)
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], False),
+            help="Log level (default INFO).",
         ),
-        click.option("--log-format", type=click.Choice(["text", "json"])),
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            help="Logs as text, or JSON lines for a log pipeline.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -387,11 +393,20 @@ def _print_report(data: dict[str, Any], as_json: bool) -> None:
     type=click.Path(dir_okay=False, allow_dash=True),
     help="OTLP JSON lines file (default: stdout).",
 )
-@click.option("--content", type=click.Choice(["none", "full", "raw"]))
+@click.option(
+    "--content",
+    type=click.Choice(["none", "full", "raw"]),
+    help="Prompt/completion content on spans (default none).",
+)
 @click.option("--redact", "redact_patterns", multiple=True, help="Regex blanked out of content.")
 @click.option("--service-name", help="service.name (default letta).")
 @click.option("--no-parents", is_flag=True, help="Only the LLM-call spans, no run spans.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (default: $LETTA_EXPORTER_CONFIG).",
+)
 def convert(input_path: str | None, output: str, no_parents: bool, **flags: Any) -> None:
     """Convert ProviderTraces (JSON or JSON lines, as the API returns them) to OTLP JSON.
 
