@@ -117,7 +117,9 @@ def test_check_and_export_find_an_unusable_state_path_before_sending(tmp_path):
 
 
 def test_the_dead_letter_file_is_named_only_when_used_and_a_lost_record_fails(tmp_path):
-    clean = _run(["export", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path)
+    clean = _run(
+        ["export", "--source", "file", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path
+    )
     assert clean.returncode == 0
     assert "dead-letter" not in clean.stdout
     assert "dead.jsonl" not in clean.stdout
@@ -239,7 +241,9 @@ def test_a_protocol_mismatch_is_named(tmp_path, protocol, port, says):
             tmp_path, OTEL_EXPORTER_OTLP_ENDPOINT=endpoint, OTEL_EXPORTER_OTLP_PROTOCOL=protocol
         )
         check = _run(["check", "--otlp-timeout-ms", "3000"], env)
-        export = _run(["export", "--input", str(EXAMPLE), "--export-deadline", "1"], env)
+        export = _run(
+            ["export", "--source", "file", "--input", str(EXAMPLE), "--export-deadline", "1"], env
+        )
     assert says in check.stdout
     assert says in export.stderr
     assert export.returncode == 1
@@ -251,7 +255,9 @@ def test_collector_down_prints_the_summary_once(tmp_path):
         OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{_free_port()}",
         LETTA_EXPORTER_OTLP_TIMEOUT_MS="300",
     )
-    result = _run(["export", "--input", str(EXAMPLE), "--export-deadline", "1"], env)
+    result = _run(
+        ["export", "--source", "file", "--input", str(EXAMPLE), "--export-deadline", "1"], env
+    )
     assert result.returncode == 1
     assert result.stdout.count("traces not delivered") == 1
 
@@ -321,6 +327,8 @@ def test_otlp_insecure_takes_host_port(tmp_path, protocol):
         result = _run(
             [
                 "export",
+                "--source",
+                "file",
                 "--input",
                 str(EXAMPLE),
                 "--otlp-endpoint",
@@ -352,7 +360,7 @@ def test_check_says_what_is_there_once(tmp_path):
 def test_nothing_to_export_says_why_with_exit_0(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    file = _run(["export", "--input", str(empty)], _env(tmp_path), cwd=tmp_path)
+    file = _run(["export", "--source", "file", "--input", str(empty)], _env(tmp_path), cwd=tmp_path)
     assert file.returncode == 0
     assert "holds no traces" in file.stderr
     with FakeLetta(_backlog(6), flavour="cloud") as letta, OtlpReceiver() as rx:
@@ -367,7 +375,9 @@ def test_nothing_to_export_says_why_with_exit_0(tmp_path):
 
 # ------------------------------------------------------------------------- the sample
 def test_the_sample_carries_durations_and_agent_names(tmp_path):
-    result = _run(["export", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path)
+    result = _run(
+        ["export", "--source", "file", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     spans = _spans(_otlp_lines((tmp_path / "letta-traces.otlp.jsonl").read_text()))
     calls = [s for s in spans if not s.name.startswith("invoke_agent")]
@@ -380,7 +390,9 @@ def test_the_sample_carries_durations_and_agent_names(tmp_path):
 
 def test_shift_to_now_moves_the_sample_forward(tmp_path):
     result = _run(
-        ["export", "--input", str(EXAMPLE), "--shift-to-now"], _env(tmp_path), cwd=tmp_path
+        ["export", "--source", "file", "--input", str(EXAMPLE), "--shift-to-now"],
+        _env(tmp_path),
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
     spans = _spans(_otlp_lines((tmp_path / "letta-traces.otlp.jsonl").read_text()))
@@ -393,7 +405,7 @@ def test_export_on_a_terminal_shows_progress_and_logs_above_it(tmp_path):
     leader, follower = pty.openpty()
     env = _env(tmp_path, TERM="xterm-256color", COLUMNS="120")
     proc = subprocess.Popen(
-        [*CLI, "export", "--input", str(EXAMPLE)],
+        [*CLI, "export", "--source", "file", "--input", str(EXAMPLE)],
         env=env,
         cwd=tmp_path,
         stdin=subprocess.DEVNULL,
@@ -425,6 +437,8 @@ def test_export_on_a_terminal_shows_progress_and_logs_above_it(tmp_path):
 
 
 def test_no_progress_when_stdout_is_not_a_terminal(tmp_path):
-    result = _run(["export", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path)
+    result = _run(
+        ["export", "--source", "file", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path
+    )
     assert "traces/s" in result.stdout  # the summary's rate
     assert "\x1b[" not in result.stdout + result.stderr
