@@ -435,7 +435,7 @@ async def _say_what_it_waits_for(settings: Settings, metrics: Metrics, stop: asy
     logs the cause once a minute; a long silence looks like a hang)."""
     seen = 0.0
     since: float | None = None
-    every = 10.0
+    every = min(10.0, max(0.5, settings.export_deadline_seconds / 4))
     while not stop.is_set():
         await asyncio.sleep(every)
         failures = metrics.value("letta_exporter_export_failures_total")

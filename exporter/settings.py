@@ -292,6 +292,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
 
     _since_spec: str | None = PrivateAttr(None)
+    _until_spec: str | None = PrivateAttr(None)
 
     # ------------------------------------------------------------------------------------
     @model_validator(mode="wrap")
@@ -299,10 +300,13 @@ class Settings(BaseSettings):
     def _remember_relative_since(
         cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
     ) -> Settings:
-        raw = data.get("since") if isinstance(data, dict) else None
+        since = data.get("since") if isinstance(data, dict) else None
+        until = data.get("until") if isinstance(data, dict) else None
         settings = handler(data)
-        if isinstance(raw, str) and _RELATIVE.match(raw):
-            settings._since_spec = raw.strip().lower()
+        if isinstance(since, str) and _RELATIVE.match(since):
+            settings._since_spec = since.strip().lower()
+        if isinstance(until, str) and _RELATIVE.match(until):
+            settings._until_spec = until.strip().lower()
         return settings
 
     @field_validator("agent_ids", "redact_patterns", mode="before")
@@ -467,6 +471,11 @@ class Settings(BaseSettings):
         """``since`` as it was given when it was relative (``24h``): the same words every run,
         where the time they stand for moves on (a checkpoint stream keys on this)."""
         return self._since_spec
+
+    @property
+    def until_spec(self) -> str | None:
+        """``until`` as given when it was relative (see :attr:`since_spec`)."""
+        return self._until_spec
 
     def otlp_header_dict(self) -> dict[str, str]:
         """OTLP headers as a dict (they may hold API keys: never log the result)."""

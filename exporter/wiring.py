@@ -76,7 +76,8 @@ def stream(settings: Settings, *, window: bool) -> str:
         # A relative since (24h) keys on its words: the same command resumes its stream.
         since = settings.since_spec or (settings.since.isoformat() if settings.since else None)
         parts["since"] = since
-        parts["until"] = settings.until.isoformat() if settings.until else None
+        until = settings.until_spec or (settings.until.isoformat() if settings.until else None)
+        parts["until"] = until
     return stream_key(**parts)
 
 

@@ -442,3 +442,16 @@ def test_no_progress_when_stdout_is_not_a_terminal(tmp_path):
     )
     assert "traces/s" in result.stdout  # the summary's rate
     assert "\x1b[" not in result.stdout + result.stderr
+
+
+def test_collector_down_says_what_it_waits_for(tmp_path):
+    env = _env(
+        tmp_path,
+        OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{_free_port()}",
+        LETTA_EXPORTER_OTLP_TIMEOUT_MS="200",
+    )
+    result = _run(
+        ["export", "--source", "file", "--input", str(EXAMPLE), "--export-deadline", "3"], env
+    )
+    assert result.returncode == 1
+    assert "waiting for the collector at OTLP http/protobuf http://127.0.0.1:" in result.stderr
