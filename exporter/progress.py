@@ -92,6 +92,7 @@ class ExportProgress:
         self._progress: Progress | None = None
         self._task: Any = None
         self._handlers: list[logging.Handler] = []
+        self._last = ExportSummary()
 
     def __enter__(self) -> ExportProgress:
         if not self._enabled:
@@ -120,12 +121,14 @@ class ExportProgress:
         tb: TracebackType | None,
     ) -> None:
         if self._progress is not None:
+            self.update(self._last)  # the run spans shipped after the last batch count too
             self._progress.stop()
             logging.getLogger().handlers[:] = self._handlers
             self._progress = None
 
     def update(self, summary: ExportSummary) -> None:
         """Called after each delivered batch."""
+        self._last = summary
         if self._progress is None:
             return
         failed = summary.invalid + summary.rejected + summary.undelivered
