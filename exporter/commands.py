@@ -371,13 +371,14 @@ async def _export(
                         on_progress=progress.update,
                         dead_letter=dead_letter,
                     )
+                    resumed = worker.state.cursor is not None
                     try:
                         await worker.export_window()
                     finally:
                         result.summary = worker.total
                     result.interrupted = stop.is_set()
                     if not result.summary.discovered and not result.interrupted:
-                        result.warnings.extend(await _why_nothing(settings, client))
+                        result.warnings.extend(await _why_nothing(settings, client, resumed))
     except Stopped:
         result.interrupted = True
     except UndeliveredError as exc:
@@ -407,7 +408,7 @@ def _replay_options(settings: Settings, shift_to_now: bool) -> ReplayOptions:
     return ReplayOptions(batch_size=settings.batch_size, limit=settings.limit, shift=shift)
 
 
-async def _why_nothing(settings: Settings, client: LettaClient) -> list[str]:
+async def _why_nothing(settings: Settings, client: LettaClient, resumed: bool) -> list[str]:
     """Why an export found no step: said in a warning, since exit 0 alone says nothing."""
     reasons: list[str] = []
     now = datetime.now(UTC)
@@ -426,7 +427,11 @@ async def _why_nothing(settings: Settings, client: LettaClient) -> list[str]:
         if known is None:
             reasons.append(f"--agent-id {agent_id}: Letta has no such agent; nothing exported")
     if not reasons:
-        reasons.append("no steps in the window: nothing exported")
+        reasons.append(
+            "nothing new since the last run of this command (it resumed from the checkpoint)"
+            if resumed
+            else "no steps in the window: nothing exported"
+        )
     return reasons
 
 

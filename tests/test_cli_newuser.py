@@ -90,6 +90,7 @@ def test_a_relative_window_resumes_when_run_again(tmp_path):
         assert rx.span_count == sent  # nothing sent twice
     assert json.loads(first.stdout)["exported"] == 12
     assert json.loads(again.stdout)["exported"] == 0
+    assert "nothing new since the last run of this command" in again.stderr
 
 
 def test_input_implies_the_file_source(tmp_path):
