@@ -288,6 +288,10 @@ def export(dry_run: bool, as_json: bool, workers: int, shift_to_now: bool, **fla
         if flags.get("source") == "letta":
             raise click.UsageError("--input reads a file: it goes with --source file, not letta")
         flags["source"] = "file"  # --input means the file source
+        if str(flags["input"]) == "-" and sys.stdin.isatty():
+            raise click.UsageError(
+                "--input -: stdin is a terminal; pipe the traces in, or name a file"
+            )
     if shift_to_now and flags.get("source") != "file":
         raise click.UsageError("--shift-to-now applies to --input FILE only")
     with _errors(as_json=as_json):

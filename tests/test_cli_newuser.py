@@ -205,6 +205,24 @@ def test_convert_without_input_on_a_terminal_is_a_usage_message(tmp_path):
     assert "give INPUT" in result.stderr
 
 
+def test_export_from_a_terminal_stdin_is_a_usage_message(tmp_path):
+    leader, follower = pty.openpty()
+    try:
+        result = subprocess.run(
+            [*CLI, "export", "--input", "-"],
+            env=_env(tmp_path),
+            stdin=follower,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert result.returncode == 2
+    assert "stdin is a terminal" in result.stderr
+
+
 def test_ctrl_c_stops_convert_waiting_on_stdin(tmp_path):
     proc = subprocess.Popen(
         [*CLI, "convert", "-"],
