@@ -106,7 +106,8 @@ def _settings_options(func: F) -> F:
         click.option(
             "--otlp-insecure/--otlp-secure",
             default=None,
-            help="gRPC without TLS (endpoints without http/https scheme).",
+            help="For an endpoint given as host:port (no scheme): plain text (insecure) or TLS "
+            "(secure, the default). http:// is always plain and https:// always TLS.",
         ),
         click.option(
             "--content",
@@ -136,9 +137,15 @@ def _settings_options(func: F) -> F:
             help="Put spans into the Letta server's own traces when steps carry one.",
         ),
         click.option(
-            "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], False)
+            "--log-level",
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], False),
+            help="Log level (default INFO).",
         ),
-        click.option("--log-format", type=click.Choice(["text", "json"])),
+        click.option(
+            "--log-format",
+            type=click.Choice(["text", "json"]),
+            help="Logs as text, or JSON lines for a log pipeline.",
+        ),
     ]
     for option in reversed(options):
         func = option(func)
@@ -172,16 +179,39 @@ def _load(flags: dict[str, Any]) -> Settings:
 
 
 @contextlib.contextmanager
-def _errors() -> Iterator[None]:
-    """Turn the exporter's errors into one line on stderr and an exit code: no tracebacks."""
+def _errors(*, as_json: bool = False) -> Iterator[None]:
+    """Turn the exporter's errors into one line on stderr and an exit code: no tracebacks.
+
+    With ``as_json`` the JSON summary is printed too, its ``error`` filled, so a script reading
+    stdout learns what went wrong.
+    """
     try:
         yield
     except ConfigError as exc:
         click.echo(f"ConfigError: {exc}", err=True)
+        if as_json:
+            click.echo(json.dumps(_failed_report(f"ConfigError: {exc}"), indent=2))
         sys.exit(EXIT_USAGE)
     except ExporterError as exc:
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
+        if as_json:
+            click.echo(json.dumps(_failed_report(f"{type(exc).__name__}: {exc}"), indent=2))
         sys.exit(EXIT_FAILED)
+
+
+def _failed_report(error: str) -> dict[str, Any]:
+    """The JSON summary of an export that could not start."""
+    counts = ("discovered", "exported", "run_spans", "missing_traces", "pending_traces")
+    failed = ("invalid", "rejected", "undelivered", "skipped_other_shards")
+    return {
+        **dict.fromkeys(counts + failed, 0),
+        "failures": [],
+        "ok": False,
+        "interrupted": False,
+        "error": error,
+        "warnings": [],
+        "dead_letter_file": None,
+    }
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -201,7 +231,12 @@ def app() -> None:
 @click.option("--poll-interval", "poll_interval_seconds", type=float, help="Seconds between polls.")
 @click.option("--health-host", help="Address of /healthz, /readyz and /metrics.")
 @click.option("--health-port", type=int, help="Port of /healthz, /readyz and /metrics (0: off).")
-@click.option("--shutdown-timeout", "shutdown_timeout_seconds", type=float)
+@click.option(
+    "--shutdown-timeout",
+    "shutdown_timeout_seconds",
+    type=float,
+    help="Seconds SIGTERM waits for in-flight work before stopping it (default 30).",
+)
 def run(**flags: Any) -> None:
     """Run as a sidecar: poll Letta, export new traces, checkpoint, until SIGTERM."""
     with _errors():
@@ -227,7 +262,12 @@ def run(**flags: Any) -> None:
     type=click.Path(dir_okay=False, path_type=Path, allow_dash=True),
     help="ProviderTraces file (JSON or JSON lines; - for stdin) for --source file.",
 )
-@click.option("--export-deadline", "export_deadline_seconds", type=float)
+@click.option(
+    "--export-deadline",
+    "export_deadline_seconds",
+    type=float,
+    help="Seconds a failing collector is retried before the export gives up (default 120).",
+)
 @click.option(
     "--workers",
     type=click.IntRange(1, 64),
@@ -236,15 +276,33 @@ def run(**flags: Any) -> None:
     help="Processes exporting side by side, each a shard of the steps (a backfill on a "
     "machine with several cores; needs the Letta source and the OTLP sink).",
 )
-def export(dry_run: bool, as_json: bool, workers: int, **flags: Any) -> None:
+@click.option(
+    "--shift-to-now",
+    is_flag=True,
+    help="--source file: move every time forward by one offset so the newest trace ends now "
+    "(a sample from months ago shows in a backend's default last-hours view).",
+)
+def export(dry_run: bool, as_json: bool, workers: int, shift_to_now: bool, **flags: Any) -> None:
     """Export once (a backfill): every trace in the window, then exit with a summary."""
-    with _errors():
+    if flags.get("input") is not None:
+        if flags.get("source") == "letta":
+            raise click.UsageError("--input reads a file: it goes with --source file, not letta")
+        flags["source"] = "file"  # --input means the file source
+        if str(flags["input"]) == "-" and sys.stdin.isatty():
+            raise click.UsageError(
+                "--input -: stdin is a terminal; pipe the traces in, or name a file"
+            )
+    if shift_to_now and flags.get("source") != "file":
+        raise click.UsageError("--shift-to-now applies to --input FILE only")
+    with _errors(as_json=as_json):
         settings = _load(flags)
         if workers > 1:
             sys.exit(_export_in_parallel(settings, workers, as_json, dry_run))
         from . import commands
 
-        data, code = commands.export(settings, dry_run=dry_run, as_json=as_json)
+        data, code = commands.export(
+            settings, dry_run=dry_run, as_json=as_json, shift_to_now=shift_to_now
+        )
         _print_report(data, as_json)
     sys.exit(code)
 
@@ -283,27 +341,39 @@ def _print_report(data: dict[str, Any], as_json: bool) -> None:
     exported = int(data["exported"])
     rate = exported / seconds if seconds > 0 else 0.0
     workers = f" with {data['workers']} workers" if data.get("workers") else ""
-    dead_letter = data["dead_letter_file"]
+    dead_letter = data.get("dead_letter_file")
+    recorded = f" (recorded in {dead_letter})" if dead_letter else ""
     lines = [
         f"exported {exported} LLM-call spans and {data['run_spans']} run spans "
         f"to {data['sink']}{workers} in {seconds:.1f}s ({rate:.0f} traces/s)",
     ]
+    if data.get("appended_to"):
+        lines.append(
+            f"appended to {data['appended_to']}, which already held spans (spans keep their ids, "
+            "so backends deduplicate; remove the file first for a fresh one)"
+        )
     if data["skipped_other_shards"] and not data.get("workers"):
         lines.append(f"left to other shards: {data['skipped_other_shards']}")
     missing, pending = data["missing_traces"], data["pending_traces"]
     if missing or pending:
         lines.append(
-            f"steps without a trace: {missing} (recorded in {dead_letter})"
+            f"steps without a trace: {missing}{recorded}"
             + (f", still not written: {pending}" if pending else "")
         )
     invalid, rejected, undelivered = data["invalid"], data["rejected"], data["undelivered"]
     if invalid or rejected or undelivered:
         lines.append(
             f"NOT delivered: {invalid + rejected + undelivered} (invalid {invalid}, rejected by "
-            f"the collector {rejected}, undelivered {undelivered}); see {dead_letter}"
+            f"the collector {rejected}, undelivered {undelivered})"
+            + (f"; see {dead_letter}" if dead_letter else "")
         )
         lines.extend(f"  - {failure}" for failure in data["failures"][:20])
-    if data.get("error"):
+    if data.get("dead_letter_lost"):
+        lines.append(
+            f"LOST: {data['dead_letter_lost']} records could not be written to the dead-letter "
+            "file either (named in the log above); fix --dead-letter-path"
+        )
+    if data.get("error") and data["error"] not in data["failures"]:
         lines.append(f"error: {data['error']}")
     if data["interrupted"]:
         lines.append(
@@ -315,7 +385,10 @@ def _print_report(data: dict[str, Any], as_json: bool) -> None:
 
 @app.command(epilog=_EPILOG_CONVERT)
 @click.argument(
-    "input_path", metavar="INPUT", default="-", type=click.Path(dir_okay=False, allow_dash=True)
+    "input_path",
+    metavar="INPUT",
+    required=False,
+    type=click.Path(dir_okay=False, allow_dash=True),
 )
 @click.option(
     "-o",
@@ -324,17 +397,31 @@ def _print_report(data: dict[str, Any], as_json: bool) -> None:
     type=click.Path(dir_okay=False, allow_dash=True),
     help="OTLP JSON lines file (default: stdout).",
 )
-@click.option("--content", type=click.Choice(["none", "full", "raw"]))
+@click.option(
+    "--content",
+    type=click.Choice(["none", "full", "raw"]),
+    help="Prompt/completion content on spans (default none).",
+)
 @click.option("--redact", "redact_patterns", multiple=True, help="Regex blanked out of content.")
 @click.option("--service-name", help="service.name (default letta).")
 @click.option("--no-parents", is_flag=True, help="Only the LLM-call spans, no run spans.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path))
-def convert(input_path: str, output: str, no_parents: bool, **flags: Any) -> None:
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML config file (default: $LETTA_EXPORTER_CONFIG).",
+)
+def convert(input_path: str | None, output: str, no_parents: bool, **flags: Any) -> None:
     """Convert ProviderTraces (JSON or JSON lines, as the API returns them) to OTLP JSON.
 
     Offline: no network. One ExportTraceServiceRequest per line, the format the Collector's
-    file exporter writes and its otlpjsonfile receiver reads.
+    file exporter writes and its otlpjsonfile receiver reads. INPUT is a file, or - (the
+    default when something is piped in) for stdin.
     """
+    if input_path is None:
+        if sys.stdin.isatty():
+            raise click.UsageError("give INPUT: a file of ProviderTraces, or - to read stdin")
+        input_path = "-"
     with _errors():
         settings = _load({**flags, "log_level": flags.get("log_level") or "WARNING"})
         from . import commands

@@ -9,25 +9,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
+import os
 import signal
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Final
 
 import click
 
-from . import wiring
+from . import timeshift, wiring
 from .checkpoint import Checkpoint
-from .errors import ExporterError
+from .errors import CheckpointError, ConfigError, ExporterError, SourceHTTPError
+from .progress import ExportProgress, count_records
 from .replay import ReplayOptions, export_file
 from .settings import Settings
 from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
-from .sink import OtlpJsonFileExporter, build_exporter, deliver
+from .sink import Delivery, OtlpJsonFileExporter, build_exporter, deliver
 from .source import LettaClient
 from .telemetry import DeadLetter, HealthServer, Metrics
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["check", "convert", "export", "run"]
 
@@ -51,20 +63,41 @@ def run(settings: Settings) -> int:
     return asyncio.run(_run(settings))
 
 
-def export(settings: Settings, *, dry_run: bool, as_json: bool) -> tuple[dict[str, Any], int]:
+def export(
+    settings: Settings, *, dry_run: bool, as_json: bool, shift_to_now: bool = False
+) -> tuple[dict[str, Any], int]:
     """One export in this process: the summary (as printed) and the exit code."""
     _tune_gc()
     started = time.monotonic()
-    summary, interrupted, error = asyncio.run(_export(settings, dry_run, as_json))
+    dead_letter = DeadLetter(settings.dead_letter_path)
+    appended = not dry_run and settings.effective_sink == "file" and _holds_data(settings.output)
+    result = asyncio.run(_export(settings, dry_run, as_json, dead_letter, shift_to_now))
+    summary = result.summary
+    failed = not summary.ok or result.error is not None or dead_letter.lost > 0
     data = summary.as_dict() | {
+        "ok": not failed,
         "sink": "dry-run" if dry_run else wiring.sink_target(settings),
         "seconds": round(time.monotonic() - started, 3),
-        "interrupted": interrupted,
-        "error": error,
-        "dead_letter_file": str(settings.dead_letter_path),
+        "interrupted": result.interrupted,
+        "error": result.error,
+        "warnings": result.warnings,
+        # Named only when something is in it: a path with nothing behind it sends people looking.
+        "dead_letter_file": str(settings.dead_letter_path) if dead_letter.count else None,
+        "dead_letter_records": dead_letter.count,
+        "dead_letter_lost": dead_letter.lost,
+        "appended_to": str(settings.output) if appended else None,
     }
-    code = EXIT_OK if (summary.ok and error is None) or interrupted else EXIT_FAILED
+    code = EXIT_FAILED if failed and not (result.interrupted and summary.ok) else EXIT_OK
+    if dead_letter.lost:
+        code = EXIT_FAILED  # a record neither delivered nor written down anywhere
     return data, code
+
+
+def _holds_data(path: Path) -> bool:
+    try:
+        return path.is_file() and path.stat().st_size > 0
+    except OSError:
+        return False
 
 
 def check(settings: Settings) -> bool:
@@ -72,9 +105,31 @@ def check(settings: Settings) -> bool:
     return asyncio.run(_check(settings))
 
 
+class _PipeClosed(BaseException):
+    """The reader of stdout went away (``convert ... | head``)."""
+
+
+class _ConvertOutput(OtlpJsonFileExporter):
+    """The file sink for ``convert``: a closed pipe ends the command, as it does a Unix tool."""
+
+    def _write_stdout(self, data: bytes) -> Delivery:
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except BrokenPipeError:
+            raise _PipeClosed from None
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise _PipeClosed from None
+            return Delivery(delivered=False, permanent=True, message=f"stdout: {exc.strerror}")
+        return Delivery(delivered=True)
+
+
 def convert(settings: Settings, input_path: str, output: str, *, parents: bool) -> int:
     """Offline conversion of a file of ProviderTraces to OTLP JSON lines; the exit code."""
-    exporter = OtlpJsonFileExporter(output)
+    # A filter: Ctrl-C stops it at once, even while it waits on a silent stdin.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    exporter = _ConvertOutput(output)
     shipper = Shipper(
         exporter=exporter,
         metrics=Metrics(),
@@ -93,6 +148,12 @@ def convert(settings: Settings, input_path: str, output: str, *, parents: bool) 
                 dead_letter=False,
             )
         )
+    except _PipeClosed:
+        # Whoever reads stdout has what it wanted; Python's own flush at exit must not complain.
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
     finally:
         exporter.shutdown()
     click.echo(
@@ -101,7 +162,55 @@ def convert(settings: Settings, input_path: str, output: str, *, parents: bool) 
         + (f"; {summary.invalid} invalid records skipped (named above)" if summary.invalid else ""),
         err=True,
     )
+    if not summary.discovered and not summary.invalid:
+        _logger.warning("%s holds no traces: nothing converted", input_path)
     return EXIT_FAILED if summary.invalid else EXIT_OK
+
+
+def probe_state(path: Path) -> str:
+    """Make sure run/export can read, create, lock and write the checkpoint, before any span is
+    sent (a checkpoint that cannot be saved would re-send everything next time); what is there.
+
+    Raises:
+        CheckpointError: it cannot be read (or is not a state file), created, locked or written.
+    """
+    Checkpoint(path)  # reads and validates what is there
+    directory = path.parent
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        os.close(fd)
+        os.unlink(tmp)
+        lock = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if fcntl is not None:
+                with contextlib.suppress(BlockingIOError):  # held by a peer: saves will wait
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(lock)
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    except OSError as exc:
+        raise CheckpointError(
+            str(path), f"cannot create, lock or write it: {exc.strerror or exc}"
+        ) from None
+    return _describe_state(path)
+
+
+def _describe_state(path: Path) -> str:
+    if not path.exists():
+        return f"{path} not found (it is created at the first delivery)"
+    try:
+        streams = json.loads(path.read_bytes()).get("streams") or {}
+    except (OSError, ValueError, AttributeError):
+        return f"{path} readable"
+    delivered = sum(int(s.get("delivered") or 0) for s in streams.values())
+    pending = sum(len(s.get("pending") or {}) for s in streams.values())
+    open_runs = sum(len(s.get("open_runs") or {}) for s in streams.values())
+    return (
+        f"{path}: {len(streams)} filter set(s), {delivered} traces delivered so far, "
+        f"{pending} steps waiting for their trace, {open_runs} runs open"
+    )
 
 
 def _install_signals(stop: asyncio.Event) -> None:
@@ -121,6 +230,7 @@ async def _run(settings: Settings) -> int:
     stop = asyncio.Event()
     _install_signals(stop)
     metrics = Metrics()
+    probe_state(settings.state_path)  # before anything is sent
     exporter = build_exporter(settings)
     health: HealthServer | None = None
     try:
@@ -162,7 +272,7 @@ async def _run(settings: Settings) -> int:
             if task.done():
                 stopper.cancel()
                 task.result()  # a fatal error (checkpoint unwritable) ends the sidecar
-                return EXIT_OK
+                return _stopped(worker)
             done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_seconds)
             if not done:
                 _logger.warning(
@@ -175,27 +285,57 @@ async def _run(settings: Settings) -> int:
                     await task
             else:
                 task.result()
-            _logger.info("stopped: %s", json.dumps(worker.total.as_dict()))
-            return EXIT_OK
+            return _stopped(worker)
     finally:
         if health is not None:
             health.stop()
         exporter.shutdown()
 
 
+def _stopped(worker: Any) -> int:
+    """The sidecar's last line and exit code: a run that delivered nothing because every pass
+    failed (a refused API key, Letta unreachable) is not a success."""
+    data = worker.total.as_dict()
+    error = getattr(worker, "last_error", None)
+    if error is not None and not worker.total.exported:
+        data |= {"ok": False, "error": error}
+    _logger.info("stopped: %s", json.dumps(data))
+    return EXIT_OK if data["ok"] else EXIT_FAILED
+
+
+@dataclass(slots=True)
+class _ExportResult:
+    summary: ExportSummary
+    interrupted: bool = False
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
 async def _export(
-    settings: Settings, dry_run: bool, as_json: bool
-) -> tuple[ExportSummary, bool, str | None]:
+    settings: Settings,
+    dry_run: bool,
+    as_json: bool,
+    dead_letter: DeadLetter,
+    shift_to_now: bool = False,
+) -> _ExportResult:
     stop = asyncio.Event()
     _install_signals(stop)
     metrics = Metrics()
-    exporter = build_exporter(settings)
-    dead_letter = DeadLetter(settings.dead_letter_path)
-    progress = _Progress(enabled=not as_json and sys.stderr.isatty())
-    summary = ExportSummary()
-    interrupted = False
-    error: str | None = None
+    result = _ExportResult(ExportSummary())
+    exporter = None
+    total = None
+    if settings.source == "file" and settings.input is not None:
+        total = count_records(settings.input)
+    progress = ExportProgress(
+        enabled=not as_json and sys.stdout.isatty() and sys.stderr.isatty(),
+        metrics=metrics,
+        total=total,
+    )
+    waiting = asyncio.create_task(_say_what_it_waits_for(settings, metrics, stop))
     try:
+        if settings.source == "letta" and not dry_run:
+            probe_state(settings.state_path)  # before anything is sent
+        exporter = build_exporter(settings)
         with progress:
             if settings.source == "file":
                 assert settings.input is not None
@@ -208,14 +348,16 @@ async def _export(
                     retry_max_seconds=settings.retry_backoff_max_seconds,
                     dry_run=dry_run,
                 )
-                summary = await export_file(
+                result.summary = await export_file(
                     settings.input,
                     shipper=shipper,
                     convert_options=wiring.convert_options(settings),
                     resource=wiring.resource(settings),
-                    options=ReplayOptions(batch_size=settings.batch_size, limit=settings.limit),
+                    options=_replay_options(settings, shift_to_now),
                     on_progress=progress.update,
                 )
+                if not result.summary.discovered and not result.summary.invalid:
+                    result.warnings.append(f"{settings.input} holds no traces: nothing exported")
             else:
                 async with LettaClient.from_settings(settings, stop=stop) as client:
                     worker = wiring.build_worker(
@@ -227,72 +369,105 @@ async def _export(
                         dry_run=dry_run,
                         metrics=metrics,
                         on_progress=progress.update,
+                        dead_letter=dead_letter,
                     )
+                    resumed = worker.state.cursor is not None
                     try:
-                        summary = await worker.export_window()
+                        await worker.export_window()
                     finally:
-                        summary = worker.total
-                    interrupted = stop.is_set()
+                        result.summary = worker.total
+                    result.interrupted = stop.is_set()
+                    if not result.summary.discovered and not result.interrupted:
+                        result.warnings.extend(await _why_nothing(settings, client, resumed))
     except Stopped:
-        interrupted = True
+        result.interrupted = True
     except UndeliveredError as exc:
-        error = str(exc)
-        summary.undelivered += len(exc.trace_ids)
-        summary.fail(str(exc))
+        result.error = str(exc)
+        result.summary.undelivered += len(exc.trace_ids)
+    except ConfigError:
+        raise
+    except ExporterError as exc:
+        result.error = f"{type(exc).__name__}: {exc}"
     finally:
-        exporter.shutdown()
-    return summary, interrupted, error
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        if exporter is not None:
+            exporter.shutdown()
+    for warning in result.warnings:
+        _logger.warning("%s", warning)
+    return result
 
 
-class _Progress:
-    """A rich progress line on a terminal; nothing otherwise (the summary says it all)."""
+def _replay_options(settings: Settings, shift_to_now: bool) -> ReplayOptions:
+    shift = None
+    if shift_to_now and settings.input is not None:
+        newest = timeshift.newest_time(settings.input)
+        shift = timeshift.shift_offset(newest)
+        _logger.info("times shifted by %s so the newest trace ends now", shift)
+    return ReplayOptions(batch_size=settings.batch_size, limit=settings.limit, shift=shift)
 
-    def __init__(self, *, enabled: bool) -> None:
-        self._enabled = enabled
-        self._progress: Any = None
-        self._task: Any = None
 
-    def __enter__(self) -> _Progress:
-        if self._enabled:
-            from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+async def _why_nothing(settings: Settings, client: LettaClient, resumed: bool) -> list[str]:
+    """Why an export found no step: said in a warning, since exit 0 alone says nothing."""
+    reasons: list[str] = []
+    now = datetime.now(UTC)
+    if settings.since is not None and settings.since > now:
+        reasons.append(f"--since {settings.since.isoformat()} is in the future: nothing to export")
+    for agent_id in settings.agent_ids:
+        try:
+            known = await client.get_agent(agent_id)
+        except SourceHTTPError as exc:
+            if 400 <= exc.status_code < 500:  # a malformed id is refused before it is looked up
+                known = None
+            else:
+                continue
+        except ExporterError:
+            continue
+        if known is None:
+            reasons.append(f"--agent-id {agent_id}: Letta has no such agent; nothing exported")
+    if not reasons:
+        reasons.append(
+            "nothing new since the last run of this command (it resumed from the checkpoint)"
+            if resumed
+            else "no steps in the window: nothing exported"
+        )
+    return reasons
 
-            self._progress = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}"),
-                TimeElapsedColumn(),
-                transient=True,
+
+async def _say_what_it_waits_for(settings: Settings, metrics: Metrics, stop: asyncio.Event) -> None:
+    """While the collector refuses or cannot be reached, say so every few seconds (the shipper
+    logs the cause once a minute; a long silence looks like a hang)."""
+    seen = 0.0
+    since: float | None = None
+    every = min(10.0, max(0.5, settings.export_deadline_seconds / 4))
+    while not stop.is_set():
+        await asyncio.sleep(every)
+        failures = metrics.value("letta_exporter_export_failures_total")
+        if failures > seen:
+            since = since or time.monotonic() - every
+            _logger.warning(
+                "waiting for the collector at %s: %d attempts failed over %.0fs; retrying until "
+                "--export-deadline (%.0fs), the checkpoint waits",
+                wiring.sink_target(settings),
+                failures,
+                time.monotonic() - since,
+                settings.export_deadline_seconds,
             )
-            self._progress.start()
-            self._task = self._progress.add_task("exporting", total=None)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-
-    def update(self, summary: ExportSummary) -> None:
-        if self._progress is not None:
-            self._progress.update(
-                self._task,
-                description=(
-                    f"exported {summary.exported} traces, {summary.run_spans} runs"
-                    f" | missing {summary.missing} | failed "
-                    f"{summary.invalid + summary.rejected + summary.undelivered}"
-                ),
-            )
+            seen = failures
+        else:
+            since = None
 
 
 async def _check(settings: Settings) -> bool:
-    click.echo(
-        f"ok    config: sink {wiring.sink_target(settings)}, content {settings.content}, "
-        f"state {settings.state_path}"
-    )
+    click.echo(f"ok    config: content {settings.content}, source {settings.source}")
     ok = True
     if settings.source == "letta":
         try:
             async with LettaClient.from_settings(settings) as client:
                 found = await client.check()
-            click.echo(f"ok    letta: {found}")
+                click.echo(f"ok    letta: {found}")
+                click.echo(f"ok    window: {await _sample_window(settings, client)}")
         except ExporterError as exc:
             click.echo(f"FAIL  letta: {exc}")
             ok = False
@@ -302,14 +477,41 @@ async def _check(settings: Settings) -> bool:
         if delivery.delivered:
             click.echo(f"ok    sink: {wiring.sink_target(settings)} accepted an empty export")
         else:
-            click.echo(f"FAIL  sink: {wiring.sink_target(settings)}: {delivery.message}")
+            click.echo(f"FAIL  sink: {delivery.message}")
             ok = False
     finally:
         exporter.shutdown()
     try:
-        Checkpoint(settings.state_path)
-        click.echo(f"ok    checkpoint: {settings.state_path} readable")
+        click.echo(f"ok    checkpoint: {probe_state(settings.state_path)}")
     except ExporterError as exc:
         click.echo(f"FAIL  checkpoint: {exc}")
         ok = False
     return ok
+
+
+#: Steps ``check`` looks at: a page or two, so it stays quick on a server with a long history.
+_SAMPLE_STEPS: Final = 100
+_SAMPLE_TRACES: Final = 5
+
+
+async def _sample_window(settings: Settings, client: LettaClient) -> str:
+    """What the export window holds, cheaply: steps and runs of the first pages, and whether the
+    first few steps have a trace (tracking may be off on the server)."""
+    steps: list[Any] = []
+    async for found in client.discover(wiring.step_filter(settings, until_now=True)):
+        steps.append(found.step)
+        if len(steps) >= _SAMPLE_STEPS:
+            break
+    runs = {s.run_id for s in steps if s.run_id}
+    more = "+" if len(steps) >= _SAMPLE_STEPS else ""
+    if not steps:
+        return "no steps in the window (check --since, --agent-id, the project)"
+    sampled = steps[:_SAMPLE_TRACES]
+    traced = 0
+    for step in sampled:
+        if await client.get_trace(step.id) is not None:
+            traced += 1
+    return (
+        f"{len(steps)}{more} steps in {len(runs)}{more} runs; {traced} of the first "
+        f"{len(sampled)} have a provider trace"
+    )

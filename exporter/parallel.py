@@ -37,6 +37,8 @@ _SUMMED: Final = (
     "rejected",
     "undelivered",
     "skipped_other_shards",
+    "dead_letter_records",
+    "dead_letter_lost",
 )
 
 
@@ -150,9 +152,12 @@ def _combine(outputs: Sequence[str], codes: Sequence[int]) -> tuple[dict[str, An
         total["error"] = total["error"] or summary.get("error")
         total["seconds"] = max(total["seconds"], float(summary.get("seconds") or 0.0))
         total.setdefault("sink", summary.get("sink"))
-        total.setdefault("dead_letter_file", summary.get("dead_letter_file"))
+        total["dead_letter_file"] = total.get("dead_letter_file") or summary.get("dead_letter_file")
+        total["warnings"] = [*total.get("warnings", []), *(summary.get("warnings") or [])]
     total["ok"] = (
-        not (total["invalid"] or total["rejected"] or total["undelivered"]) and not (total["error"])
+        not (total["invalid"] or total["rejected"] or total["undelivered"])
+        and not total["error"]
+        and not total["dead_letter_lost"]
     )
     if any(code == 2 for code in codes):
         return total, 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from opentelemetry.sdk.resources import Resource
@@ -19,9 +20,10 @@ from opentelemetry.sdk.trace import ReadableSpan
 from .checkpoint import OpenRun
 from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
 from .errors import RecordInvalidError
-from .models import ProviderTrace, Run
+from .models import Agent, ProviderTrace, Run
 from .shipping import ExportSummary, Shipper
-from .source import read_trace_file
+from .source import TraceRecord, read_trace_file
+from .timeshift import shift_record
 
 _logger = logging.getLogger(__name__)
 
@@ -35,10 +37,12 @@ class ReplayOptions:
     batch_size: int = 512
     limit: int | None = None
     parents: bool = True
+    #: Added to every time of every record (``export --shift-to-now``); None keeps them.
+    shift: timedelta | None = None
 
 
 async def export_traces(
-    traces: Iterable[ProviderTrace],
+    traces: Iterable[ProviderTrace | TraceRecord],
     *,
     shipper: Shipper,
     convert_options: ConvertOptions,
@@ -56,14 +60,23 @@ async def export_traces(
     """
     summary = summary if summary is not None else ExportSummary()
     runs: dict[str, OpenRun] = {}
+    agents: dict[str, Agent] = {}
     batch: list[ReadableSpan] = []
     ids: list[str] = []
-    context = TraceContext()
-    for trace in traces:
+    for item in traces:
         if options.limit is not None and summary.discovered >= options.limit:
             break
         summary.discovered += 1
+        record = item if isinstance(item, TraceRecord) else TraceRecord(item)
+        if options.shift is not None:
+            record = shift_record(record, options.shift)
+        trace = record.trace
+        context = TraceContext(
+            step=record.step, metrics=record.metrics, run=record.run, agent=record.agent
+        )
         span = convert_trace(trace, context, options=convert_options, resource=resource)
+        if trace.agent_id and record.agent is not None:
+            agents[trace.agent_id] = record.agent
         batch.append(span)
         ids.append(trace.id or trace.step_id or "")
         if trace.run_id:
@@ -81,6 +94,7 @@ async def export_traces(
         parents = [
             convert_run(
                 Run(id=run.run_id, agent_id=run.agent_id),
+                agent=agents.get(run.agent_id or ""),
                 first_start_ns=run.first_start_ns,
                 last_end_ns=run.last_end_ns,
                 step_count=len(run.step_ids),
@@ -133,7 +147,7 @@ async def export_file(
 
     with read_trace_file(path, on_invalid=report) as traces:
         return await export_traces(
-            traces,
+            traces.with_context(),
             shipper=shipper,
             convert_options=convert_options,
             resource=resource,

@@ -30,6 +30,8 @@ from urllib.parse import unquote
 from pydantic import (
     AliasChoices,
     Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -58,6 +60,7 @@ _config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_HOST_PORT = re.compile(r"^[A-Za-z0-9._-]+:\d{1,5}(/\S*)?$|^\[[0-9A-Fa-f:]+\]:\d{1,5}(/\S*)?$")
 
 
 def parse_time(value: str | datetime, *, now: datetime | None = None) -> datetime:
@@ -301,7 +304,24 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
 
+    _since_spec: str | None = PrivateAttr(None)
+    _until_spec: str | None = PrivateAttr(None)
+
     # ------------------------------------------------------------------------------------
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_relative_since(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        since = data.get("since") if isinstance(data, dict) else None
+        until = data.get("until") if isinstance(data, dict) else None
+        settings = handler(data)
+        if isinstance(since, str) and _RELATIVE.match(since):
+            settings._since_spec = since.strip().lower()
+        if isinstance(until, str) and _RELATIVE.match(until):
+            settings._until_spec = until.strip().lower()
+        return settings
+
     @field_validator("agent_ids", "redact_patterns", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -338,14 +358,25 @@ class Settings(BaseSettings):
             return parse_time(value)
         return value
 
-    @field_validator("letta_base_url", "otlp_endpoint", "otlp_traces_endpoint")
+    @field_validator("letta_base_url")
     @classmethod
-    def _urls(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+    def _urls(cls, value: str) -> str:
         value = value.strip()
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("expected an http:// or https:// URL")
+        return value
+
+    @field_validator("otlp_endpoint", "otlp_traces_endpoint")
+    @classmethod
+    def _otlp_urls(cls, value: str | None) -> str | None:
+        # The OTLP convention: a URL, or host:port whose transport security otlp_insecure picks.
+        if value is None:
+            return None
+        value = value.strip()
+        if not (re.match(r"^https?://[^/\s]+", value) or _HOST_PORT.match(value)):
+            raise ValueError(
+                "expected an http:// or https:// URL, or host:port (TLS unless otlp_insecure)"
+            )
         return value
 
     @field_validator("otlp_protocol", "otlp_compression", "content", "sink", mode="before")
@@ -414,7 +445,7 @@ class Settings(BaseSettings):
         try:
             return cls(**given)
         except ValidationError as exc:
-            raise _config_error(exc) from None
+            raise _config_error(exc, flags=set(given), config_file=path) from None
         except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
             raise ConfigError(str(path or "config"), str(exc).splitlines()[0]) from None
         finally:
@@ -436,11 +467,28 @@ class Settings(BaseSettings):
         for HTTP; the defaults are ``localhost:4317`` (gRPC) and ``localhost:4318`` (HTTP).
         """
         if self.otlp_traces_endpoint:
-            return self.otlp_traces_endpoint
+            return self._with_scheme(self.otlp_traces_endpoint)
         if self.otlp_protocol == "grpc":
             return self.otlp_endpoint or DEFAULT_GRPC_ENDPOINT
-        base = (self.otlp_endpoint or DEFAULT_HTTP_ENDPOINT).rstrip("/")
+        base = self._with_scheme(self.otlp_endpoint or DEFAULT_HTTP_ENDPOINT).rstrip("/")
         return f"{base}/v1/traces"
+
+    def _with_scheme(self, endpoint: str) -> str:
+        # gRPC takes host:port as it is (the sink applies otlp_insecure); HTTP needs a URL.
+        if self.otlp_protocol == "grpc" or re.match(r"^https?://", endpoint):
+            return endpoint
+        return ("http://" if self.otlp_insecure else "https://") + endpoint
+
+    @property
+    def since_spec(self) -> str | None:
+        """``since`` as it was given when it was relative (``24h``): the same words every run,
+        where the time they stand for moves on (a checkpoint stream keys on this)."""
+        return self._since_spec
+
+    @property
+    def until_spec(self) -> str | None:
+        """``until`` as given when it was relative (see :attr:`since_spec`)."""
+        return self._until_spec
 
     def otlp_header_dict(self) -> dict[str, str]:
         """OTLP headers as a dict (they may hold API keys: never log the result)."""
@@ -489,14 +537,43 @@ def _reject_unknown_env() -> None:
             raise ConfigError(name, "unknown setting (see config/exporter.example.toml)")
 
 
-def _config_error(exc: ValidationError) -> ConfigError:
+#: Command-line flags whose name is not the field's (for error messages).
+_FLAGS: Final = {
+    "letta_base_url": "letta-url",
+    "agent_ids": "agent-id",
+    "redact_patterns": "redact",
+    "poll_interval_seconds": "poll-interval",
+    "shutdown_timeout_seconds": "shutdown-timeout",
+    "export_deadline_seconds": "export-deadline",
+}
+
+
+def _origin(field: str, flags: set[str], config_file: Path | None) -> str:
+    """Where a setting's value came from, in the precedence order: flag, env var, file+key."""
+    if field in flags:
+        return "flag --" + _FLAGS.get(field, field.replace("_", "-"))
+    names = env_names(field)
+    upper = {name.upper() for name in os.environ}
+    for name in names:
+        if name.upper() in upper:
+            return name
+    if config_file is not None:
+        return f"{config_file}, key {field}"
+    return " / ".join(names)
+
+
+def _config_error(
+    exc: ValidationError, *, flags: set[str] | None = None, config_file: Path | None = None
+) -> ConfigError:
     first = exc.errors(include_url=False, include_input=False)[0]
     loc = [str(p) for p in first.get("loc", ())]
     given = loc[0] if loc else ""
     if first.get("type") == "extra_forbidden":
         return ConfigError(given, "unknown setting (see config/exporter.example.toml)")
     field = _field_for(given)
-    name = f"{field} ({' / '.join(env_names(field))})" if field else given or "settings"
+    name = (
+        f"{field} ({_origin(field, flags or set(), config_file)})" if field else given or "settings"
+    )
     message = str(first.get("msg", "invalid value"))
     if ctx := first.get("ctx"):
         expected = ctx.get("expected")

@@ -7,9 +7,11 @@ one test process do not mix their counts.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +21,8 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from .errors import ConfigError
 
 __all__ = ["DeadLetter", "HealthServer", "Metrics"]
 
@@ -106,7 +110,10 @@ class DeadLetter:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
+        #: Records written to the file.
         self.count = 0
+        #: Records that could not be written anywhere (a failure: the exit code says so).
+        self.lost = 0
         self._lock = threading.Lock()
 
     def write(self, reason: str, **fields: Any) -> None:
@@ -122,6 +129,7 @@ class DeadLetter:
                     os.fsync(handle.fileno())
                 self.count += 1
             except OSError as exc:
+                self.lost += 1
                 _logger.error(
                     "cannot write dead-letter file %s (%s); lost record: %s",
                     self.path,
@@ -161,7 +169,20 @@ class HealthServer:
         self._alive = alive
         self._ready = ready
         handler = self._handler()
-        self._server = ThreadingHTTPServer((host, port), handler)
+        try:
+            self._server = ThreadingHTTPServer((host, port), handler)
+        except OSError as exc:
+            # A busy port or an address that is not this machine's: a setting to fix, not a crash.
+            reason = exc.strerror or str(exc)
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+                raise ConfigError(
+                    "health_host (--health-host / LETTA_EXPORTER_HEALTH_HOST)",
+                    f"cannot listen on {host!r}: {reason}",
+                ) from None
+            raise ConfigError(
+                "health_port (--health-port / LETTA_EXPORTER_HEALTH_PORT)",
+                f"cannot listen on {host}:{port}: {reason} (0 turns the health server off)",
+            ) from None
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="health-server", daemon=True

@@ -62,8 +62,8 @@ def stream(settings: Settings, *, window: bool) -> str:
     """The checkpoint stream of this filter set.
 
     The sidecar's stream ignores ``since``/``until`` (they only bound its first start, and a
-    relative ``since`` changes at every start); a one-shot job's window is part of its key, so
-    re-running the same command resumes it.
+    relative ``since`` changes at every start); a one-shot job's window is part of its key (a
+    relative one as written, ``since=2h``), so re-running the same command resumes it.
     """
     parts: dict[str, Any] = {
         "letta": settings.letta_base_url.rstrip("/"),
@@ -73,8 +73,11 @@ def stream(settings: Settings, *, window: bool) -> str:
         "shard": settings.shard,
     }
     if window:
-        parts["since"] = settings.since.isoformat() if settings.since else None
-        parts["until"] = settings.until.isoformat() if settings.until else None
+        # A relative since (24h) keys on its words: the same command resumes its stream.
+        since = settings.since_spec or (settings.since.isoformat() if settings.since else None)
+        parts["since"] = since
+        until = settings.until_spec or (settings.until.isoformat() if settings.until else None)
+        parts["until"] = until
     return stream_key(**parts)
 
 
@@ -113,19 +116,31 @@ def build_worker(
     dry_run: bool = False,
     metrics: Metrics | None = None,
     on_progress: Callable[[ExportSummary], None] | None = None,
+    dead_letter: DeadLetter | None = None,
 ) -> Worker:
-    """A worker for the sidecar or the one-shot job, as the CLI runs it."""
+    """A worker for the sidecar or the one-shot job, as the CLI runs it.
+
+    A dry run gets a checkpoint that is never saved: it sends nothing, so it must not move the
+    cursor of the real export that follows.
+    """
     return Worker(
         client=client,
         exporter=exporter,
-        checkpoint=Checkpoint(settings.state_path),
+        checkpoint=(_UnsavedCheckpoint if dry_run else Checkpoint)(settings.state_path),
         stream=stream(settings, window=one_shot),
         filt=step_filter(settings, until_now=one_shot),
         convert_options=convert_options(settings),
         resource=resource(settings),
         options=worker_options(settings, one_shot=one_shot, dry_run=dry_run),
         metrics=metrics or Metrics(),
-        dead_letter=DeadLetter(settings.dead_letter_path),
+        dead_letter=dead_letter or DeadLetter(settings.dead_letter_path),
         stop=stop,
         on_progress=on_progress,
     )
+
+
+class _UnsavedCheckpoint(Checkpoint):
+    """The saved state, read but never written (dry runs)."""
+
+    def save(self) -> None:
+        return

@@ -222,6 +222,8 @@ class Worker:
         self._poisoned: dict[str, int] = {}
         self.heartbeat = clock()
         self.passes = 0
+        #: Why the last sidecar pass failed (None once one succeeds): the exit status says it.
+        self.last_error: str | None = None
 
     @property
     def state(self) -> StreamState:
@@ -691,11 +693,13 @@ class Worker:
         while not self._stop.is_set():
             try:
                 await self.run_pass()
+                self.last_error = None
             except Stopped:
                 break
             except (SourceError, RecordInvalidError) as exc:
                 # Letta down, or answering what it should not: nothing was lost (the checkpoint
                 # holds what was delivered); the next poll tries again.
+                self.last_error = str(exc)
                 self._log.warning("source", "pass failed, trying again next poll: %s", exc)
             self.heartbeat = self._clock()
             await self._sleep(poll_seconds)

@@ -170,7 +170,8 @@ def test_convert_reports_a_bad_record_and_converts_the_rest(tmp_path):
 
 def test_export_from_a_damaged_file_dead_letters_the_bad_record(tmp_path):
     bad = tmp_path / "bad.json"
-    items = [json.loads(line) for line in EXAMPLE.read_text().splitlines()[:3]]
+    # Plain ProviderTraces (the sample's records carry the step beside each trace).
+    items = [json.loads(line)["trace"] for line in EXAMPLE.read_text().splitlines()[:3]]
     items[1]["latency_ms"] = "slow"
     bad.write_text(json.dumps(items))
     result = _run(

@@ -478,7 +478,7 @@ BAD_ENV = [
     ("LETTA_EXPORTER_REQUEST_TIMEOUT_SECONDS", "0", "request_timeout_seconds", "greater than 0"),
     ("LETTA_EXPORTER_CONTENT_MAX_BYTES", "10", "content_max_bytes", "greater than or equal to 256"),
     ("LETTA_BASE_URL", "letta:8283", "LETTA_BASE_URL", "http:// or https:// URL"),
-    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317", "OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector", "OTEL_EXPORTER_OTLP_ENDPOINT", "http://"),
     ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://c", "otlp_traces_endpoint", "https://"),
     ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json", "OTEL_EXPORTER_OTLP_PROTOCOL",
      "'grpc' or 'http/protobuf'"),
@@ -529,7 +529,7 @@ def test_bad_flag_value(flags: dict[str, object], names: str, allowed: str) -> N
         ('discovery = "magic"', "discovery", "'auto', 'steps' or 'runs'"),
         ('since = "last tuesday"', "since", "ISO 8601"),
         ("limit = 0", "limit", "greater than or equal to 1"),
-        ('otlp_endpoint = "localhost:4318"', "otlp_endpoint", "http:// or https://"),
+        ('otlp_endpoint = "localhost"', "otlp_endpoint", "http:// or https://"),
     ],
 )
 def test_bad_toml_value(toml, line: str, names: str, allowed: str) -> None:

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -131,6 +132,9 @@ class OtlpJsonFileExporter(DeliveringExporter):
                 self._file = FileIO(self._path, "ab")
             except OSError as exc:
                 raise SinkError(self._path, f"cannot open for appending: {exc.strerror}") from None
+        self._regular = self._file is not None and stat.S_ISREG(
+            os.fstat(self._file.fileno()).st_mode
+        )
 
     @property
     def path(self) -> str:
@@ -147,6 +151,8 @@ class OtlpJsonFileExporter(DeliveringExporter):
             return self._write_file(self._file, data)
 
     def _write_file(self, file: FileIO, data: bytes) -> Delivery:
+        if not self._regular:
+            return self._write_device(file, data)
         try:
             start: int | None = file.seek(0, os.SEEK_END)
         except OSError:
@@ -161,6 +167,21 @@ class OtlpJsonFileExporter(DeliveringExporter):
             os.fsync(file.fileno())
         except OSError as exc:
             self._undo(file, start)
+            return Delivery(
+                delivered=False, message=f"{self.target}: write failed: {exc.strerror or exc}"
+            )
+        return Delivery(delivered=True)
+
+    def _write_device(self, file: FileIO, data: bytes) -> Delivery:
+        # /dev/null, a FIFO, a terminal: nothing to fsync or cut back, only bytes to write.
+        try:
+            view = memoryview(data)
+            while view:
+                written = file.write(view)
+                if not written:
+                    raise OSError(errno.EIO, "the device took no bytes")
+                view = view[written:]
+        except OSError as exc:
             return Delivery(
                 delivered=False, message=f"{self.target}: write failed: {exc.strerror or exc}"
             )

@@ -74,6 +74,10 @@ _RETRY_INFO_KEY: Final = "google.rpc.retryinfo-bin"
 _STATUS_DETAILS_KEY: Final = "grpc-status-details-bin"
 
 
+#: What grpc-core says when the server answered in HTTP/1.1 (an OTLP/HTTP port).
+_SPEAKS_HTTP1: Final = "Expected SETTINGS frame"
+
+
 def resolve_grpc_target(endpoint: str, *, insecure: bool | None = None) -> tuple[str, bool]:
     """The gRPC target (``host:port``) and whether to use TLS, as the OTel specification says.
 
@@ -290,6 +294,13 @@ class OtlpGrpcExporter(DeliveringExporter):
         message = f"{self.target}: gRPC {code.name}" + (f": {detail}" if detail else "")
         if code is grpc.StatusCode.DEADLINE_EXCEEDED:
             message += f" (timeout {self._timeout:g}s)"
+        if _SPEAKS_HTTP1 in detail:
+            # An HTTP/1.1 server (an OTLP/HTTP port) answered the HTTP/2 preface.
+            message = (
+                f"{self.target}: this endpoint speaks HTTP/1.1, not gRPC; set "
+                "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf (OTLP/HTTP, port 4318 by default) "
+                f"or point at the gRPC port ({detail})"
+            )
         return Delivery(
             delivered=False,
             message=message,

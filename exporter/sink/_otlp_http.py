@@ -189,6 +189,14 @@ class OtlpHttpExporter(DeliveringExporter):
             )
         except httpx.TransportError as exc:
             reason = one_line(str(exc)) or type(exc).__name__
+            if isinstance(exc, httpx.RemoteProtocolError):
+                # Not HTTP/1.1 back: most often a gRPC (HTTP/2 only) port.
+                return Delivery(
+                    delivered=False,
+                    message=f"{self.target}: this endpoint does not speak HTTP/1.1 (a gRPC "
+                    "port?); set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (port 4317 by default) or "
+                    f"point at the OTLP/HTTP port ({reason})",
+                )
             return Delivery(
                 delivered=False,
                 message=f"{self.target}: {type(exc).__name__}: {reason}",

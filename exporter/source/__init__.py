@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from ._client import USER_AGENT, LettaClient
-from ._file import TraceFileReader, read_trace_file
+from ._file import TraceFileReader, TraceRecord, read_trace_file
 from ._retry import RetryPolicy, SourceStats
 from ._runs import RunLookup
 from ._types import DiscoveredStep, StepFilter
@@ -23,5 +23,6 @@ __all__ = [
     "SourceStats",
     "StepFilter",
     "TraceFileReader",
+    "TraceRecord",
     "read_trace_file",
 ]

@@ -18,6 +18,7 @@ import logging
 import re
 import sys
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Annotated, BinaryIO, Final
@@ -25,9 +26,18 @@ from typing import Annotated, BinaryIO, Final
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from ..errors import RecordInvalidError, SourceError
-from ..models import NESTED_TOO_DEEPLY, ProviderTrace, load_json, parse_record
+from ..models import (
+    NESTED_TOO_DEEPLY,
+    Agent,
+    ProviderTrace,
+    Run,
+    Step,
+    StepMetrics,
+    load_json,
+    parse_record,
+)
 
-__all__ = ["TraceFileReader", "read_trace_file"]
+__all__ = ["TraceFileReader", "TraceRecord", "read_trace_file"]
 
 _logger = logging.getLogger(__name__)
 
@@ -39,11 +49,28 @@ _TOKENS: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
 
 
 class _Recorded(BaseModel):
-    """A recorded fixture: the step, its trace (possibly null) and its metrics."""
+    """A recorded fixture: the step, its trace (possibly null) and its metrics, with the agent
+    and the run when they were recorded too."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
     trace: ProviderTrace | None
+    step: Step | None = None
+    metrics: StepMetrics | None = None
+    agent: Agent | None = None
+    run: Run | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRecord:
+    """A trace with what the file recorded beside it (``{"step", "trace", "metrics", "agent",
+    "run"}``); a plain ProviderTrace line has the trace alone."""
+
+    trace: ProviderTrace
+    step: Step | None = None
+    metrics: StepMetrics | None = None
+    agent: Agent | None = None
+    run: Run | None = None
 
 
 # A plain trace is tried first: it is the common case and the cheaper miss.
@@ -107,7 +134,12 @@ class TraceFileReader(Iterator[ProviderTrace]):
         return self
 
     def __next__(self) -> ProviderTrace:
-        return next(self._traces)
+        return next(self._traces).trace
+
+    def with_context(self) -> Iterator[TraceRecord]:
+        """The same records with the step, metrics, agent and run recorded beside each trace
+        (iterate one or the other: they share the file position)."""
+        return self._traces
 
     def close(self) -> None:
         """Close the file (not stdin); iterating to the end does it too."""
@@ -127,7 +159,7 @@ class TraceFileReader(Iterator[ProviderTrace]):
         self.close()
 
     # ------------------------------------------------------------------
-    def _read(self) -> Generator[ProviderTrace, None, None]:
+    def _read(self) -> Generator[TraceRecord, None, None]:
         try:
             yield from self._read_stream()
         finally:
@@ -141,7 +173,7 @@ class TraceFileReader(Iterator[ProviderTrace]):
                 self.records,
             )
 
-    def _read_stream(self) -> Iterator[ProviderTrace]:
+    def _read_stream(self) -> Iterator[TraceRecord]:
         lines = iter(self._stream)
         number = 0
         first = b""
@@ -198,7 +230,7 @@ class TraceFileReader(Iterator[ProviderTrace]):
             raise error from cause
         self._on_invalid(error)
 
-    def _document(self, raw: bytes) -> Iterator[ProviderTrace]:
+    def _document(self, raw: bytes) -> Iterator[TraceRecord]:
         if raw.lstrip().startswith(b"["):
             try:
                 entries = _ENTRIES.validate_json(raw)
@@ -231,12 +263,12 @@ class TraceFileReader(Iterator[ProviderTrace]):
             return
         yield from self._take(entry)
 
-    def _take(self, entry: ProviderTrace | _Recorded) -> Iterator[ProviderTrace]:
+    def _take(self, entry: ProviderTrace | _Recorded) -> Iterator[TraceRecord]:
         self.records += 1
         if isinstance(entry, ProviderTrace):
-            yield entry
+            yield TraceRecord(entry)
         elif entry.trace is not None:
-            yield entry.trace
+            yield TraceRecord(entry.trace, entry.step, entry.metrics, entry.agent, entry.run)
         else:
             self.null_traces += 1
             _logger.debug("%s: record %d has a null trace, skipped", self.name, self.records)
