@@ -21,7 +21,11 @@ from testkit import DEEP_LEVELS
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "provider-traces.jsonl"
-GOOD = EXAMPLE.read_text().splitlines()[:2]
+# Plain ProviderTrace lines (the sample's records carry the step and metrics beside the trace).
+GOOD = [
+    json.dumps(json.loads(line).get("trace") or json.loads(line))
+    for line in EXAMPLE.read_text().splitlines()[:2]
+]
 DEEP = (
     '{"request_json": {"messages": ' + "[" * DEEP_LEVELS + "]" * DEEP_LEVELS + "}, "
     '"response_json": {}}'
