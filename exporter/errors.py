@@ -7,6 +7,8 @@ these at the stage that meets them, with ``raise ... from exc``.
 
     ExporterError
     ├── ConfigError            (also ValueError)  a setting has a value that is not allowed
+    │   └── SocketPathError                       the socket path cannot be listened on
+    │       └── SocketInUseError                  a live listener already holds the path
     ├── SourceError                               reading from Letta or from a file failed
     │   ├── SourceHTTPError                       Letta answered an error status (after retries)
     │   ├── SourceConnectionError                 Letta could not be reached (after retries)
@@ -27,6 +29,8 @@ __all__ = [
     "ExporterError",
     "RecordInvalidError",
     "SinkError",
+    "SocketInUseError",
+    "SocketPathError",
     "SourceConnectionError",
     "SourceError",
     "SourceHTTPError",
@@ -50,6 +54,32 @@ class ConfigError(ExporterError, ValueError):
         super().__init__(f"{setting}: {message}")
         self.setting = setting
         self.message = message
+
+
+class SocketPathError(ConfigError):
+    """The socket path cannot be listened on (a regular file or directory, too long, no access).
+
+    Args:
+        path: the socket path as configured.
+        message: what is in the way and what to do about it.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__("socket", f"{path}: {message}")
+        self.path = path
+
+
+class SocketInUseError(SocketPathError):
+    """Another process is listening on the socket path (it answered a connection).
+
+    Args:
+        path: the socket path as configured.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path, "another listener is serving this socket; stop it or choose another path"
+        )
 
 
 class SourceError(ExporterError):
