@@ -76,7 +76,7 @@ async def running(
 
 
 async def collect(
-    source: SocketSource, count: int, *, resume: str | None = None, timeout: float = 20.0
+    source: SocketSource, count: int, *, resume: str | None = None, limit: float = 20.0
 ) -> list[Event]:
     """Events (CaughtUp left out) until ``count`` arrived: a bounded wait on the stream."""
     out: list[Event] = []
@@ -89,7 +89,7 @@ async def collect(
             if len(out) >= count:
                 return
 
-    await asyncio.wait_for(take(), timeout)
+    await asyncio.wait_for(take(), limit)
     return out
 
 
@@ -350,9 +350,8 @@ async def test_a_position_of_another_journal_reads_from_the_start(short_dir: Pat
         assert len(events) == 1
 
 
-async def _until(condition: Any, timeout: float = 10.0) -> None:
-    async def poll() -> None:
-        while not condition():
+async def _until(condition: Any, limit: float = 10.0) -> None:
+    """A bounded poll of a counter the listener updates (no event to wait on)."""
+    async with asyncio.timeout(limit):
+        while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout)
