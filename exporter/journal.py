@@ -309,18 +309,17 @@ class Journal:
 
     async def _commit_loop(self) -> None:
         while True:
-            await self._wake.wait()
+            while not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
             if (
                 self.options.commit_delay > 0
                 and not self._closing
                 and self._pending_bytes < self.options.max_batch_bytes
             ):
                 await asyncio.sleep(self.options.commit_delay)
-            self._wake.clear()
-            if not self._pending:
-                if self._closing:
-                    return
-                continue
             batch, ends = self._pending, self._pending_ends
             self._pending, self._pending_ends = [], []
             size = self._pending_bytes
@@ -340,7 +339,6 @@ class Journal:
                         exc.strerror or exc,
                         self._pending_bytes,
                     )
-                self._wake.set()
                 await asyncio.sleep(_FAILURE_BACKOFF)
                 continue
             self._pending_bytes -= size
