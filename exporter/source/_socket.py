@@ -157,7 +157,7 @@ class SocketSource:
         listener: ListenerOptions | None = None,
         journal: JournalOptions | None = None,
         stats: SocketStats | None = None,
-        batch_records: int = 512,
+        batch_records: int = 64,
     ) -> None:
         self.path = Path(path)
         self.journal_dir = Path(journal_dir)
