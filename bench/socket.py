@@ -298,9 +298,9 @@ def run_case(case: Case) -> Result:
     from exporter.convert import span_id_for, trace_id_for_run
 
     ctx = mp.get_context("spawn")
+    # /tmp is on the same disk as the project here (ext4): the journal's fsyncs are real.
     work = Path(tempfile.mkdtemp(prefix="bsk", dir="/tmp"))
-    journal_dir = _ROOT / ".bench-journal"
-    shutil.rmtree(journal_dir, ignore_errors=True)
+    journal_dir = work / "journal"
     path = str(work / "letta.sock")
     run_id = json.loads(_RECORDS.read_text().splitlines()[1])["run_id"]
     try:
@@ -354,7 +354,6 @@ def run_case(case: Case) -> Result:
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(journal_dir, ignore_errors=True)
 
 
 def describe(result: Result) -> str:
