@@ -80,6 +80,8 @@ _META: Final = "journal.json"
 _SUFFIX: Final = ".seg"
 _READ_CHUNK: Final = 1 << 20
 _FAILURE_BACKOFF: Final = 1.0
+#: Seconds between two saves of the acknowledged offset when no segment is freed.
+_ACK_SAVE_INTERVAL: Final = 1.0
 
 
 class JournalError(ExporterError):
@@ -209,6 +211,9 @@ class Journal:
         self._changed = asyncio.Condition()
         self._closing = False
         self._failed_at = 0.0
+        self._saver: asyncio.Task[None] | None = None
+        self._saved_at = time.monotonic()
+        self._saved_ack = acked
         self._handle: IO[bytes] = segments[-1].path.open("ab")
         self._committer = asyncio.get_running_loop().create_task(self._commit_loop())
 
@@ -434,10 +439,14 @@ class Journal:
 
     # --- trimming --------------------------------------------------------------------------
     async def trim(self, offset: int) -> None:
-        """Acknowledge everything before ``offset`` (delivered): saved durably, segments freed.
+        """Acknowledge everything before ``offset`` (delivered): segments before it are freed.
 
         An offset at or before the current acknowledgement changes nothing; one past the
-        committed end is clamped to it.
+        committed end is clamped to it. The acknowledged offset is saved to disk (awaited)
+        before a segment is deleted, and otherwise at most every ``_ACK_SAVE_INTERVAL`` seconds
+        and on close, in the background: the consumer's own checkpoint is the authority (reading
+        from a saved position trims to it), so a crash between two saves only means the frames
+        after the last saved offset are read again, with the same ids.
         """
         offset = min(offset, self._committed)
         if offset <= self._acked:
@@ -448,10 +457,32 @@ class Journal:
         if head > 4096 and head * 2 > len(self._ends):
             del self._ends[:head]
             self._ends_head = 0
-        await asyncio.to_thread(self._save_and_free, offset)
+        if len(self._segments) > 1 and self._segments[1].base <= offset:
+            # A segment is freed: once per segment, so the caller may wait for the disk.
+            if self._saver is not None:
+                await self._saver
+            await self._save()
+        elif time.monotonic() - self._saved_at >= _ACK_SAVE_INTERVAL and (
+            self._saver is None or self._saver.done()
+        ):
+            self._saver = asyncio.get_running_loop().create_task(self._save())
+
+    async def _save(self) -> None:
+        self._saved_at = time.monotonic()
+        try:
+            await asyncio.to_thread(self._save_and_free, self._acked)
+        except OSError as exc:
+            _logger.error(
+                "journal %s: cannot save the acknowledged offset (%s)",
+                self.directory,
+                exc.strerror or exc,
+            )
 
     def _save_and_free(self, offset: int) -> None:
+        if offset == self._saved_ack:
+            return
         _write_meta(self.directory, self.journal_id, offset)
+        self._saved_ack = offset
         with self._segments_lock:
             doomed = []
             while len(self._segments) > 1 and self._segments[1].base <= offset:
@@ -471,6 +502,9 @@ class Journal:
             await asyncio.wait_for(self._committer, timeout=30)
         async with self._changed:
             self._changed.notify_all()
+        if self._saver is not None:
+            await self._saver
+        await self._save()
         self._handle.close()
 
 

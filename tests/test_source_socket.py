@@ -61,12 +61,14 @@ async def running(
     listener: ListenerOptions | None = None,
     journal: JournalOptions | None = None,
     sock: str = "run/letta.sock",
+    reception_thread: bool = True,
 ) -> AsyncIterator[SocketSource]:
     source = SocketSource(
         short_dir / sock,
         short_dir / "journal",
         listener=listener,
         journal=journal or JournalOptions(commit_delay=0.002),
+        reception_thread=reception_thread,
     )
     await source.start()
     try:
@@ -99,10 +101,13 @@ def with_id(record: dict[str, Any], n: int) -> dict[str, Any]:
     return copy
 
 
-async def test_replay_the_recording_like_letta_from_concurrent_threads(short_dir: Path) -> None:
+@pytest.mark.parametrize("reception_thread", [True, False], ids=["own-thread", "caller-loop"])
+async def test_replay_the_recording_like_letta_from_concurrent_threads(
+    short_dir: Path, reception_thread: bool
+) -> None:
     records = load_records()
     many = [with_id(records[i % len(records)], i) for i in range(200)]
-    async with running(short_dir) as source:
+    async with running(short_dir, reception_thread=reception_thread) as source:
         path = str(source.path)
         await asyncio.gather(*(asyncio.to_thread(letta_send, path, r) for r in records + many))
         events = await collect(source, len(records) + len(many))

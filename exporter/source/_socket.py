@@ -35,12 +35,13 @@ import logging
 import os
 import socket
 import stat
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from ..journal import (
     KIND_RECORD,
@@ -57,6 +58,8 @@ from ._socket_record import PROTOCOL_VERSION, RecordError, parse_socket_record
 __all__ = ["SocketCheck", "SocketSource", "SocketStats"]
 
 _logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _NAME: Final = "socket"
 _REPORT_INTERVAL: Final = 10.0
@@ -145,6 +148,11 @@ class SocketSource:
         journal: journal size limit and commit policy.
         stats: the counters to update (a subclass can forward to Prometheus).
         batch_records: journal frames read per batch.
+        reception_thread: run the listener and the journal on an event loop of their own in a
+            thread, so the work done with the events (converting, encoding) never keeps a
+            sender waiting for its connection to be accepted: Letta's sender connects with a
+            timeout, which makes a full listen backlog an immediate failure and a lost record.
+            The stats are then updated from that thread.
     """
 
     name = _NAME
@@ -158,6 +166,7 @@ class SocketSource:
         journal: JournalOptions | None = None,
         stats: SocketStats | None = None,
         batch_records: int = 64,
+        reception_thread: bool = True,
     ) -> None:
         self.path = Path(path)
         self.journal_dir = Path(journal_dir)
@@ -165,6 +174,9 @@ class SocketSource:
         self._listener_options = listener or ListenerOptions()
         self._journal_options = journal or JournalOptions()
         self._batch_records = batch_records
+        self._threaded = reception_thread
+        self._rx_loop: asyncio.AbstractEventLoop | None = None
+        self._rx_thread: threading.Thread | None = None
         self._journal: Journal | None = None
         self._listener: SocketListener | None = None
         self._started = asyncio.Lock()
@@ -184,28 +196,67 @@ class SocketSource:
         async with self._started:
             if self._journal is not None:
                 return
-            journal = await Journal.open(self.journal_dir, self._journal_options)
-            listener = SocketListener(
-                self.path,
-                on_line=self._on_line,
-                on_reject=self._on_reject,
-                options=self._listener_options,
-            )
+            if self._threaded:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="socket-reception", daemon=True
+                )
+                thread.start()
+                self._rx_loop, self._rx_thread = loop, thread
             try:
-                await listener.start()
+                await self._on_reception(self._start_reception())
             except BaseException:
-                await journal.aclose()
+                await self._stop_thread()
                 raise
-            self._journal, self._listener = journal, listener
+
+    async def _start_reception(self) -> None:
+        journal = await Journal.open(self.journal_dir, self._journal_options)
+        listener = SocketListener(
+            self.path,
+            on_line=self._on_line,
+            on_reject=self._on_reject,
+            options=self._listener_options,
+        )
+        self._journal = journal
+        try:
+            await listener.start()
+        except BaseException:
+            self._journal = None
+            await journal.aclose()
+            raise
+        self._listener = listener
+
+    async def _on_reception(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` where the listener and the journal live (their own thread, if any)."""
+        if self._rx_loop is None:
+            return await coro
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._rx_loop))
 
     async def aclose(self) -> None:
         """Stop listening, commit what was received, close the journal."""
         self._closed = True
+        if self._journal is not None or self._listener is not None:
+            await self._on_reception(self._stop_reception())
+        await self._stop_thread()
+        self._report_refused(force=True)
+
+    async def _stop_reception(self) -> None:
         if self._listener is not None:
             await self._listener.aclose()
         if self._journal is not None:
             await self._journal.aclose()
-        self._report_refused(force=True)
+
+    async def _stop_thread(self) -> None:
+        loop, thread = self._rx_loop, self._rx_thread
+        if loop is None or thread is None:
+            return
+        self._rx_loop = self._rx_thread = None
+        await asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(loop.shutdown_default_executor(), loop)
+        )
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join)
+        loop.close()
 
     @property
     def listening(self) -> bool:
@@ -280,7 +331,7 @@ class SocketSource:
                 yield CaughtUp(position=self._position(offset))
                 if not follow:
                     return
-                await journal.wait_beyond(offset)
+                await self._on_reception(journal.wait_beyond(offset))
                 continue
             for entry in entries:
                 yield self._event(entry)
@@ -294,7 +345,7 @@ class SocketSource:
         """
         offset = self._offset_of(self.journal, position)
         if offset is not None:
-            await self.journal.trim(offset)
+            await self._on_reception(self.journal.trim(offset))
 
     def _position(self, offset: int) -> str:
         return f"{self.journal.journal_id}:{offset}"
@@ -326,7 +377,7 @@ class SocketSource:
                 journal.acked,
             )
             return journal.acked
-        await journal.trim(offset)
+        await self._on_reception(journal.trim(offset))
         return offset
 
     def _event(self, entry: Entry) -> Event:

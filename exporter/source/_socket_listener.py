@@ -58,13 +58,14 @@ class ListenerOptions:
         max_record_bytes: the longest line taken (without its newline); longer is ``too_large``.
         idle_timeout: seconds a connection may go without sending; an unfinished line is then
             rejected as ``timeout``. Letta's sender gives itself 60 s for a large payload.
-        backlog: pending connections the kernel queues (Letta sends bursts from many threads).
+        backlog: pending connections the kernel queues (capped by net.core.somaxconn). Letta
+            connects with a timeout, so a full backlog fails its connect at once: a lost record.
     """
 
     mode: int = 0o660
     max_record_bytes: int = MAX_RECORD_BYTES
     idle_timeout: float = 60.0
-    backlog: int = 1024
+    backlog: int = 4096
 
 
 class _Connection(asyncio.Protocol):
