@@ -69,6 +69,7 @@ class Case:
     batch: int = 512
     sender_threads: int = 4
     commit_delay_ms: float = 5.0
+    reception_thread: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,7 @@ def _pipeline(conn: Connection, path: str, journal_dir: str, endpoint: str, case
             path,
             journal_dir,
             journal=JournalOptions(commit_delay=case.commit_delay_ms / 1000),
+            reception_thread=case.reception_thread,
         )
         await source.start()
         conn.send("ready")
@@ -366,7 +368,9 @@ def describe(result: Result) -> str:
         f"p99 {result.p99_ms:.1f} ms max {result.max_ms:.1f} ms; CPU "
         f"{result.cpu_us_per_record:.0f} us/record; peak RSS {result.peak_rss_mb:.0f} MB"
         f"{f' (MB at {rss})' if rss else ''}; drain {result.drain_seconds:.2f} s; "
-        f"load {result.load_average[0]:.1f}; {'sustained' if result.sustained else 'NOT sustained'}"
+        f"load {result.load_average[0]:.1f}; "
+        f"{'' if case.reception_thread else 'reception on the pipeline loop; '}"
+        f"{'sustained' if result.sustained else 'NOT sustained'}"
     )
 
 
@@ -387,9 +391,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", choices=sorted(SIZES), default="20kb")
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--no-reception-thread",
+        action="store_true",
+        help="run the listener and the journal on the pipeline's own event loop",
+    )
     args = parser.parse_args(argv)
     cases = (
-        [Case(rate=args.rate, records=args.records, size=args.size, batch=args.batch)]
+        [
+            Case(
+                rate=args.rate,
+                records=args.records,
+                size=args.size,
+                batch=args.batch,
+                reception_thread=not args.no_reception_thread,
+            )
+        ]
         if args.rate
         else list(SUITE)
     )
