@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.journal import KIND_RECORD, Journal, JournalFullError, JournalOptions
+from exporter.journal import KIND_DAMAGED, KIND_RECORD, Journal, JournalFullError, JournalOptions
 from exporter.source._socket_record import parse_socket_record
 
 from .test_source_socket import load_records, with_id
@@ -223,3 +223,17 @@ def test_kill_9_in_a_burst_loses_no_committed_record(short_dir: Path) -> None:
     # A completed sendall is not a receipt (the kernel buffers it; Letta never waits for an
     # answer): what counts is what the journal reported committed, and that is all there.
     assert sum(1 for end in ends if end <= reported) > 0
+
+
+async def test_a_frame_changed_after_its_commit_reads_back_as_damaged(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path, FAST)
+    await journal.wait_committed(journal.append(KIND_RECORD, b"first"))
+    await journal.wait_committed(journal.append(KIND_RECORD, b"second"))
+    (segment,) = segments(tmp_path)
+    data = bytearray(segment.read_bytes())
+    data[12] ^= 0xFF  # inside the first payload
+    segment.write_bytes(bytes(data))
+    entries = await journal.read(0)
+    assert [e.kind for e in entries] == [KIND_DAMAGED, KIND_RECORD]
+    assert entries[1].payload == b"second"
+    await journal.aclose()

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Final, TypeVar
 
 from ..journal import (
+    KIND_DAMAGED,
     KIND_RECORD,
     KIND_REJECTED,
     Entry,
@@ -393,10 +394,15 @@ class SocketSource:
             return Unreadable(None, reason, detail, raw=raw, position=position)
         if entry.kind != KIND_RECORD:
             self.stats.on_invalid("unreadable")
+            what = (
+                "a journal frame changed on disk after it was committed (CRC mismatch)"
+                if entry.kind == KIND_DAMAGED
+                else f"a journal frame of unknown kind {entry.kind}"
+            )
             return Unreadable(
                 None,
                 "unreadable",
-                f"journal entry of unknown kind {entry.kind}",
+                what,
                 raw=entry.payload[:RAW_KEEP_BYTES],
                 position=position,
             )
