@@ -102,16 +102,20 @@ class JournalFullError(ExporterError):
     """An append would take the journal past its size limit (the record is refused).
 
     Args:
-        depth: bytes held now (not yet acknowledged).
+        depth: bytes held now (not yet acknowledged), or queued for the disk (``uncommitted``).
         limit: the configured maximum.
         size: the size of the refused frame.
+        uncommitted: the disk is not keeping up (the queue of writes is full), rather than the
+            collector (the frames written and not yet delivered).
     """
 
-    def __init__(self, depth: int, limit: int, size: int) -> None:
-        super().__init__(f"journal full: {depth} of {limit} bytes held, {size} more refused")
+    def __init__(self, depth: int, limit: int, size: int, *, uncommitted: bool = False) -> None:
+        what = "bytes waiting for the disk" if uncommitted else "bytes held"
+        super().__init__(f"journal full: {depth} of {limit} {what}, {size} more refused")
         self.depth = depth
         self.limit = limit
         self.size = size
+        self.uncommitted = uncommitted
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +127,8 @@ class JournalOptions:
         segment_bytes: a segment is closed and a new one started past this size.
         commit_delay: seconds the committer waits for more frames before an fsync (0: none).
         max_batch_bytes: a batch is committed at once when it reaches this size.
+        max_pending_bytes: the most bytes queued and not yet fsynced; past it appends are
+            refused too (a disk that stopped taking writes must not fill the memory instead).
         fsync: ``False`` only for tests and benchmarks that measure without the disk.
     """
 
@@ -130,6 +136,7 @@ class JournalOptions:
     segment_bytes: int = 64 << 20
     commit_delay: float = 0.005
     max_batch_bytes: int = 8 << 20
+    max_pending_bytes: int = 256 << 20
     fsync: bool = True
 
 
@@ -291,6 +298,10 @@ class Journal:
         size = HEADER_SIZE + len(payload)
         if len(payload) > _MAX_PAYLOAD or self._end - self._acked + size > self.options.max_bytes:
             raise JournalFullError(self._end - self._acked, self.options.max_bytes, size)
+        if self._pending_bytes + size > self.options.max_pending_bytes:
+            raise JournalFullError(
+                self._pending_bytes, self.options.max_pending_bytes, size, uncommitted=True
+            )
         self._pending.append(_frame_header(kind, payload))
         self._pending.append(payload)
         self._pending_bytes += size

@@ -237,3 +237,13 @@ async def test_a_frame_changed_after_its_commit_reads_back_as_damaged(tmp_path: 
     assert [e.kind for e in entries] == [KIND_DAMAGED, KIND_RECORD]
     assert entries[1].payload == b"second"
     await journal.aclose()
+
+
+async def test_appends_past_the_uncommitted_limit_are_refused(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path, JournalOptions(commit_delay=5.0, max_pending_bytes=100))
+    journal.append(KIND_RECORD, b"x" * 80)
+    with pytest.raises(JournalFullError) as info:
+        journal.append(KIND_RECORD, b"y" * 80)
+    assert info.value.uncommitted
+    assert "waiting for the disk" in str(info.value)
+    await journal.aclose()

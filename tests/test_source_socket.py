@@ -360,3 +360,32 @@ async def _until(condition: Any, limit: float = 10.0) -> None:
     async with asyncio.timeout(limit):
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def test_the_size_cap_takes_a_line_of_exactly_its_size(short_dir: Path) -> None:
+    record = with_id(load_records()[0], 7)
+    line = json.dumps(record).encode()
+    cap = ListenerOptions(max_record_bytes=len(line), idle_timeout=5.0)
+    async with running(short_dir, listener=cap) as source:
+        path = str(source.path)
+        await asyncio.to_thread(raw_send, path, line + b"\n")
+        await asyncio.to_thread(raw_send, path, line[:-1] + b" }\n")  # one byte over
+        events = await collect(source, 2)
+    assert isinstance(events[0], Found)
+    assert isinstance(events[1], Unreadable)
+    assert events[1].reason == "too_large"
+    assert f"a line of {len(line) + 1} bytes" in events[1].detail
+
+
+async def test_a_sender_that_closes_without_a_newline_still_delivers_its_record(
+    short_dir: Path,
+) -> None:
+    record = with_id(load_records()[0], 8)
+    async with running(short_dir) as source:
+        await asyncio.to_thread(raw_send, str(source.path), json.dumps(record).encode())
+        await asyncio.to_thread(raw_send, str(source.path), b'{"provider_trace_id": "provid')
+        events = await collect(source, 2)
+    found = [e for e in events if isinstance(e, Found)]
+    unreadable = [e for e in events if isinstance(e, Unreadable)]
+    assert [e.trace.id for e in found] == [record["provider_trace_id"]]
+    assert [e.reason for e in unreadable] == ["invalid"]
