@@ -314,7 +314,7 @@ async def test_a_full_journal_refuses_with_a_count_and_a_log_line(
             await _until(lambda: source.stats.received + source.stats.refused == 6)
         assert source.stats.received == 3
         assert source.stats.refused == 3
-        assert "is full" in caplog.text
+        assert "journal full" in caplog.text
         assert "refused 1 records" in caplog.text
         events = await collect(source, 3)
         # Delivered and acknowledged: room again, reception goes on.

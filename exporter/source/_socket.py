@@ -184,6 +184,7 @@ class SocketSource:
         self._closed = False
         self._warned_version = False
         self._refused_since_report = 0
+        self._refusal = ""
         self._last_report = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -280,9 +281,10 @@ class SocketSource:
         journal = self.journal
         try:
             end = journal.append(KIND_RECORD, line)
-        except JournalFullError:
+        except JournalFullError as exc:
             self.stats.on_refused(len(line))
             self._refused_since_report += 1
+            self._refusal = str(exc)
             self._report_refused()
             return None
         self.stats.on_received(len(line))
@@ -294,9 +296,10 @@ class SocketSource:
         head = json.dumps({"reason": reason, "detail": detail}).encode()
         try:
             self.journal.append(KIND_REJECTED, head + b"\n" + raw)
-        except JournalFullError:
+        except JournalFullError as exc:
             self.stats.on_refused(len(raw))
             self._refused_since_report += 1
+            self._refusal = str(exc)
             self._report_refused()
             _logger.error(
                 "socket %s: %s (%s); not journaled: the journal is full", self.path, reason, detail
@@ -309,13 +312,11 @@ class SocketSource:
         ):
             return
         self._last_report = now
-        journal = self._journal
         _logger.error(
-            "journal %s is full (%d of %d bytes not yet delivered): refused %d records since the "
-            "last report; Letta does not resend them (the API poll still finds what the API keeps)",
+            "journal %s: %s; refused %d records since the last report; Letta does not resend "
+            "them (the API poll still finds what the API keeps)",
             self.journal_dir,
-            journal.depth_bytes if journal else 0,
-            self._journal_options.max_bytes,
+            self._refusal,
             self._refused_since_report,
         )
         self._refused_since_report = 0
