@@ -12,7 +12,8 @@ these at the stage that meets them, with ``raise ... from exc``.
     ├── SourceError                               reading from Letta or from a file failed
     │   ├── SourceHTTPError                       Letta answered an error status (after retries)
     │   ├── SourceConnectionError                 Letta could not be reached (after retries)
-    │   └── SourceResponseError                   Letta answered something unreadable
+    │   ├── SourceResponseError                   Letta answered something unreadable
+    │   └── JournalError                          the socket source's journal cannot be used
     ├── RecordInvalidError     (also ValueError)  a record does not match its schema
     ├── SinkError                                 the collector or output refused or failed
     └── CheckpointError                           the state file cannot be read or written
@@ -27,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "ExporterError",
+    "JournalError",
     "RecordInvalidError",
     "SinkError",
     "SocketInUseError",
@@ -138,6 +140,20 @@ class SourceResponseError(SourceError):
     def __init__(self, url: str, message: str) -> None:
         super().__init__(f"unreadable answer from {url}: {message}")
         self.url = url
+        self.message = message
+
+
+class JournalError(SourceError):
+    """The socket source's journal directory cannot be opened, written or read.
+
+    Args:
+        path: the directory or file.
+        message: what went wrong.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"journal {path}: {message}")
+        self.path = path
         self.message = message
 
 

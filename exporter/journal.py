@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
 
-from .errors import ExporterError
+from .errors import ExporterError, JournalError
 
 __all__ = [
     "KIND_DAMAGED",
@@ -82,20 +82,6 @@ _READ_CHUNK: Final = 1 << 20
 _FAILURE_BACKOFF: Final = 1.0
 #: Seconds between two saves of the acknowledged offset when no segment is freed.
 _ACK_SAVE_INTERVAL: Final = 1.0
-
-
-class JournalError(ExporterError):
-    """The journal directory cannot be opened, written or read.
-
-    Args:
-        path: the directory or file.
-        message: what went wrong.
-    """
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"journal {path}: {message}")
-        self.path = path
-        self.message = message
 
 
 class JournalFullError(ExporterError):
@@ -266,6 +252,13 @@ class Journal:
     def end(self) -> int:
         """Where the next appended frame will start (queued frames included)."""
         return self._end
+
+    def is_boundary(self, offset: int) -> bool:
+        """Whether a frame starts at ``offset`` in the unacknowledged part (or it is the end)."""
+        if offset == self._acked or offset == self._committed:
+            return True
+        index = bisect_right(self._ends, offset, lo=self._ends_head) - 1
+        return index >= self._ends_head and self._ends[index] == offset
 
     @property
     def depth_bytes(self) -> int:

@@ -389,3 +389,15 @@ async def test_a_sender_that_closes_without_a_newline_still_delivers_its_record(
     unreadable = [e for e in events if isinstance(e, Unreadable)]
     assert [e.trace.id for e in found] == [record["provider_trace_id"]]
     assert [e.reason for e in unreadable] == ["invalid"]
+
+
+async def test_a_position_inside_a_frame_reads_from_the_start(short_dir: Path) -> None:
+    async with running(short_dir) as source:
+        await asyncio.to_thread(letta_send, str(source.path), load_records()[0])
+        (first,) = await collect(source, 1)
+        assert first.position is not None
+        ident, _, end = first.position.rpartition(":")
+        events = await collect(source, 1, resume=f"{ident}:{int(end) - 5}")
+        assert isinstance(events[0], Found)
+        assert isinstance(first, Found)
+        assert events[0].trace.id == first.trace.id

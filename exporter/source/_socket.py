@@ -370,9 +370,10 @@ class SocketSource:
                 self.journal_dir,
             )
             return journal.acked
-        if offset < journal.acked or offset > journal.committed:
+        if offset < journal.acked or offset > journal.committed or not journal.is_boundary(offset):
             _logger.warning(
-                "socket checkpoint offset %d is outside the journal (%d to %d); reading from %d",
+                "socket checkpoint offset %d is not a frame of the journal (%d to %d); "
+                "reading from %d",
                 offset,
                 journal.acked,
                 journal.committed,
