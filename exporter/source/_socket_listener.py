@@ -39,6 +39,12 @@ _logger = logging.getLogger(__name__)
 MAX_RECORD_BYTES: Final = 128 * 1024 * 1024
 #: The longest path an AF_UNIX address holds on Linux (108 bytes with the terminating NUL).
 _MAX_PATH_BYTES: Final = 107
+#: Bytes asked of one ``recv`` (a 20 KB record comes in one).
+_RECV_BYTES: Final = 256 * 1024
+#: Connections accepted per wake-up before other work gets a turn.
+_ACCEPT_BATCH: Final = 64
+_ACCEPT_BACKOFF: Final = 0.1
+_REPORT_INTERVAL: Final = 10.0
 #: How much of a rejected line is kept for the dead-letter file.
 RAW_KEEP_BYTES: Final = 64 * 1024
 
@@ -68,8 +74,14 @@ class ListenerOptions:
     backlog: int = 4096
 
 
-class _Connection(asyncio.Protocol):
-    """One sender's connection: frames lines, enforces the size cap, tracks activity."""
+class _Connection:
+    """One sender's connection: reads it without a transport, frames lines, tracks activity.
+
+    Why not an ``asyncio.Protocol``: Letta opens a connection per record, so the per-connection
+    cost is the listener's cost. A record has usually arrived whole (and the sender closed) by
+    the time it is accepted, so it is read at once, without registering with the selector or
+    building a transport; only a connection that has not sent everything yet is watched.
+    """
 
     __slots__ = (
         "_buffer",
@@ -77,26 +89,44 @@ class _Connection(asyncio.Protocol):
         "_head",
         "_listener",
         "_size",
+        "closed",
         "last_active",
-        "transport",
+        "paused",
+        "sock",
+        "watched",
     )
 
-    def __init__(self, listener: SocketListener) -> None:
+    def __init__(self, listener: SocketListener, sock: socket.socket) -> None:
         self._listener = listener
         self._buffer: list[bytes] = []
         self._size = 0
         self._discarding = False
         self._head = b""
         self.last_active = time.monotonic()
-        self.transport: asyncio.Transport | None = None
+        self.sock = sock
+        self.watched = False
+        self.paused = False
+        self.closed = False
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        self._listener.connections.add(self)
+    def on_readable(self) -> None:
+        """Read what there is; at the end of the stream, finish the last line and close."""
+        while not self.paused and not self.closed:
+            try:
+                data = self.sock.recv(_RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                if not self.watched:
+                    self._listener.loop.add_reader(self.sock.fileno(), self.on_readable)
+                    self.watched = True
+                return
+            except OSError:
+                self._finish()  # a reset mid-line: what came is still judged, not dropped
+                return
+            if not data:
+                self._finish()
+                return
+            self.data_received(data)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._listener.connections.discard(self)
+    def _finish(self) -> None:
         if self._size or self._discarding:
             line = b"".join(self._buffer)
             self._buffer = []
@@ -107,6 +137,32 @@ class _Connection(asyncio.Protocol):
                 # sent a whole record, so it is kept and the reader judges it.
                 self._size = 0
                 self._line(line)
+        self.close()
+
+    def pause(self) -> None:
+        """Stop reading until :meth:`resume` (the journal's backpressure)."""
+        self.paused = True
+        self._unwatch()
+
+    def resume(self) -> None:
+        """Read again."""
+        self.paused = False
+        if not self.closed:
+            self.on_readable()
+
+    def _unwatch(self) -> None:
+        if self.watched:
+            self._listener.loop.remove_reader(self.sock.fileno())
+            self.watched = False
+
+    def close(self) -> None:
+        """Forget the connection and close its socket."""
+        if self.closed:
+            return
+        self._unwatch()
+        self.closed = True
+        self._listener.connections.discard(self)
+        self.sock.close()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -152,16 +208,14 @@ class _Connection(asyncio.Protocol):
         if not line.strip():
             return
         waiter = self._listener.on_line(line)
-        if waiter is not None and self.transport is not None:
-            transport = self.transport
-            transport.pause_reading()
+        if waiter is not None and not self.closed:
+            self.pause()
 
             async def resume() -> None:
                 try:
                     await waiter
                 finally:
-                    if not transport.is_closing():
-                        transport.resume_reading()
+                    self.resume()
 
             self._listener.spawn(resume())
 
@@ -185,8 +239,7 @@ class _Connection(asyncio.Protocol):
                 f"the connection sent {size} bytes and no end of line within {timeout:g} s",
                 head,
             )
-        if self.transport is not None:
-            self.transport.abort()
+        self.close()
 
 
 class SocketListener:
@@ -212,7 +265,10 @@ class SocketListener:
         self.on_reject = on_reject
         self.options = options or ListenerOptions()
         self.connections: set[_Connection] = set()
-        self._server: asyncio.AbstractServer | None = None
+        self._sock: socket.socket | None = None
+        self._accepting = False
+        self._accept_failed_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._inode: int | None = None
@@ -220,7 +276,14 @@ class SocketListener:
     @property
     def listening(self) -> bool:
         """Whether the socket is bound and accepting (for /readyz)."""
-        return self._server is not None and self._server.is_serving()
+        return self._sock is not None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the listener runs on (after :meth:`start`)."""
+        if self._loop is None:
+            raise RuntimeError("SocketListener.start() was not called")
+        return self._loop
 
     def spawn(self, coro: Awaitable[None]) -> None:
         """Run a small task tied to the listener (kept referenced until done)."""
@@ -240,19 +303,45 @@ class SocketListener:
             SocketInUseError: another listener answers on the path.
         """
         sock = await asyncio.to_thread(self._bind)
-        try:
-            self._server = await asyncio.get_running_loop().create_unix_server(
-                lambda: _Connection(self), sock=sock, backlog=self.options.backlog
-            )
-        except OSError as exc:
-            sock.close()
-            raise SocketPathError(str(self.path), exc.strerror or str(exc)) from exc
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._watch_accept()
+        self._sweeper = self._loop.create_task(self._sweep())
         _logger.info(
             "listening for Letta's provider traces on %s (mode %s)",
             self.path,
             oct(self.options.mode),
         )
+
+    def _watch_accept(self) -> None:
+        if self._sock is not None and not self._accepting:
+            self.loop.add_reader(self._sock.fileno(), self._accept)
+            self._accepting = True
+
+    def _accept(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        for _ in range(_ACCEPT_BATCH):
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                # Out of file descriptors or buffers: pause accepting a moment (the kernel keeps
+                # the backlog) instead of spinning on a socket that stays readable.
+                now = time.monotonic()
+                if now - self._accept_failed_at > _REPORT_INTERVAL:
+                    self._accept_failed_at = now
+                    _logger.error("socket %s: cannot accept (%s)", self.path, exc.strerror)
+                self.loop.remove_reader(sock.fileno())
+                self._accepting = False
+                self.loop.call_later(_ACCEPT_BACKOFF, self._watch_accept)
+                return
+            conn.setblocking(False)
+            connection = _Connection(self, conn)
+            self.connections.add(connection)
+            connection.on_readable()
 
     def _bind(self) -> socket.socket:
         path = str(self.path)
@@ -293,13 +382,14 @@ class SocketListener:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        if self._server is not None:
-            self._server.close()
+        if self._sock is not None:
+            if self._accepting:
+                self.loop.remove_reader(self._sock.fileno())
+                self._accepting = False
+            self._sock.close()
+            self._sock = None
             for connection in list(self.connections):
-                if connection.transport is not None:
-                    connection.transport.close()
-            await self._server.wait_closed()
-            self._server = None
+                connection.close()
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(OSError):
