@@ -5,9 +5,11 @@
                         worker <-- Found / Unreadable / CaughtUp -- SocketSource.read
 
 Reception never waits on shipping: the listener only appends to the journal, and the reader
-(:meth:`SocketSource.read`) is driven by the worker at its own pace. A record counts as received
-once the journal has fsynced it (group commit, a few milliseconds); what the worker has delivered
-is acknowledged with :meth:`SocketSource.acknowledge`, which trims the journal.
+(:meth:`SocketSource.read`) is driven by the worker at its own pace. The listener and the journal
+run on an event loop of their own, in a thread (``reception_thread``), so that converting and
+encoding on the worker's loop never leaves a connection waiting to be accepted. A record counts
+as received once the journal has fsynced it (group commit, a few milliseconds); what the worker
+has delivered is acknowledged with :meth:`SocketSource.acknowledge`, which trims the journal.
 
 **Positions** are ``"<journal id>:<offset>"``: the offset just past the event's journal frame.
 ``read(resume=...)`` continues there; a position from another journal (the journal directory was
