@@ -401,3 +401,16 @@ async def test_a_position_inside_a_frame_reads_from_the_start(short_dir: Path) -
         assert isinstance(events[0], Found)
         assert isinstance(first, Found)
         assert events[0].trace.id == first.trace.id
+
+
+async def test_check_from_another_process_reads_the_journal_for_the_latest_record(
+    short_dir: Path,
+) -> None:
+    async with running(short_dir) as source:
+        await asyncio.to_thread(letta_send, str(source.path), load_records()[0])
+        await collect(source, 1)
+        outsider = SocketSource(source.path, short_dir / "journal")  # never started
+        seen = await outsider.check()
+        assert seen.connectable
+        assert not seen.listening
+        assert seen.last_received is not None

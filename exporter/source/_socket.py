@@ -433,7 +433,11 @@ class SocketSource:
 
     # --- check -----------------------------------------------------------------------------
     async def check(self) -> SocketCheck:
-        """Whether the socket is up and when a record last arrived (for ``check``)."""
+        """Whether the socket is up and when a record last arrived (for ``check``).
+
+        Works without :meth:`start` (the ``check`` command, while the sidecar serves the
+        socket): the latest arrival is then read from the journal directory.
+        """
         path = str(self.path)
         try:
             is_socket = stat.S_ISSOCK(os.stat(path).st_mode)
@@ -441,6 +445,10 @@ class SocketSource:
             is_socket = False
         connectable = is_socket and await asyncio.to_thread(_can_connect, path)
         last = self.stats.last_received
+        if last is None and self._journal is None:
+            # Another process (the running sidecar) serves the socket: its journal's newest
+            # segment was last written when its latest record was committed.
+            last = await asyncio.to_thread(_journal_written_at, self.journal_dir)
         return SocketCheck(
             path=path,
             listening=self.listening,
@@ -450,6 +458,14 @@ class SocketSource:
             received=self.stats.received,
             journal_depth=self._journal.depth_records if self._journal else 0,
         )
+
+
+def _journal_written_at(directory: Path) -> float | None:
+    try:
+        times = [p.stat().st_mtime for p in directory.glob("*.seg") if p.stat().st_size]
+    except OSError:
+        return None
+    return max(times) if times else None
 
 
 def _can_connect(path: str) -> bool:
