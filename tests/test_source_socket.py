@@ -160,7 +160,7 @@ async def test_bad_input_is_rejected_with_a_reason_and_the_listener_keeps_servin
     short_dir: Path,
 ) -> None:
     good = load_records()[0]
-    options = ListenerOptions(max_record_bytes=200_000, idle_timeout=0.3)
+    options = ListenerOptions(max_record_bytes=200_000, idle_timeout=1.0)
     async with running(short_dir, listener=options) as source:
         path = str(source.path)
         await asyncio.to_thread(raw_send, path, b'{"provider_trace_id": "provider_trace-\n')
