@@ -414,3 +414,23 @@ async def test_check_from_another_process_reads_the_journal_for_the_latest_recor
         assert seen.connectable
         assert not seen.listening
         assert seen.last_received is not None
+
+
+async def test_protocol_versions_1_and_2_are_read(short_dir: Path) -> None:
+    base = load_records()[0]
+    v1 = {
+        k: v
+        for k, v in with_id(base, 1).items()
+        if k not in ("user_id", "compaction_settings", "llm_config")
+    }
+    v1["protocol_version"] = 1
+    v2 = {**with_id(base, 2), "protocol_version": 2}
+    async with running(short_dir) as source:
+        for record in (v1, v2):
+            await asyncio.to_thread(letta_send, str(source.path), record)
+        events = await collect(source, 2)
+    traces = {e.trace.id: e.trace for e in events if isinstance(e, Found)}
+    assert set(traces) == {v1["provider_trace_id"], v2["provider_trace_id"]}
+    assert traces[v1["provider_trace_id"]].user_id is None
+    assert traces[v1["provider_trace_id"]].llm_config is None
+    assert traces[v2["provider_trace_id"]].llm_config == base["llm_config"]
