@@ -138,7 +138,8 @@ class SocketCheck:
             seen = "no record yet (is Letta's socket backend on and pointed here?)"
         else:
             seen = f"latest record at {self.last_received.isoformat()}"
-        return f"socket {self.path}: listening; {seen}; {self.journal_depth} records journaled"
+        depth = f"; {self.journal_depth} records journaled" if self.listening else ""
+        return f"socket {self.path}: accepting connections; {seen}{depth}"
 
 
 class SocketSource:
