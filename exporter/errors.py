@@ -7,10 +7,13 @@ these at the stage that meets them, with ``raise ... from exc``.
 
     ExporterError
     ├── ConfigError            (also ValueError)  a setting has a value that is not allowed
+    │   └── SocketPathError                       the socket path cannot be listened on
+    │       └── SocketInUseError                  a live listener already holds the path
     ├── SourceError                               reading from Letta or from a file failed
     │   ├── SourceHTTPError                       Letta answered an error status (after retries)
     │   ├── SourceConnectionError                 Letta could not be reached (after retries)
     │   ├── SourceResponseError                   Letta answered something unreadable
+    │   ├── JournalError                          the socket source's journal cannot be used
     │   └── DatabaseError                         reading Letta's PostgreSQL failed (run time)
     │       └── DatabaseConfigError               refused credentials, missing table/column
     ├── RecordInvalidError     (also ValueError)  a record does not match its schema
@@ -29,8 +32,11 @@ __all__ = [
     "DatabaseConfigError",
     "DatabaseError",
     "ExporterError",
+    "JournalError",
     "RecordInvalidError",
     "SinkError",
+    "SocketInUseError",
+    "SocketPathError",
     "SourceConnectionError",
     "SourceError",
     "SourceHTTPError",
@@ -54,6 +60,32 @@ class ConfigError(ExporterError, ValueError):
         super().__init__(f"{setting}: {message}")
         self.setting = setting
         self.message = message
+
+
+class SocketPathError(ConfigError):
+    """The socket path cannot be listened on (a regular file or directory, too long, no access).
+
+    Args:
+        path: the socket path as configured.
+        message: what is in the way and what to do about it.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__("socket", f"{path}: {message}")
+        self.path = path
+
+
+class SocketInUseError(SocketPathError):
+    """Another process is listening on the socket path (it answered a connection).
+
+    Args:
+        path: the socket path as configured.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            path, "another listener is serving this socket; stop it or choose another path"
+        )
 
 
 class SourceError(ExporterError):
@@ -112,6 +144,20 @@ class SourceResponseError(SourceError):
     def __init__(self, url: str, message: str) -> None:
         super().__init__(f"unreadable answer from {url}: {message}")
         self.url = url
+        self.message = message
+
+
+class JournalError(SourceError):
+    """The socket source's journal directory cannot be opened, written or read.
+
+    Args:
+        path: the directory or file.
+        message: what went wrong.
+    """
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"journal {path}: {message}")
+        self.path = path
         self.message = message
 
 

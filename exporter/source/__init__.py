@@ -12,14 +12,21 @@ from ._client import USER_AGENT, LettaClient
 from ._file import TraceFileReader, TraceRecord, read_trace_file
 from ._retry import RetryPolicy, SourceStats
 from ._runs import RunLookup
+from ._socket import SocketCheck, SocketSource, SocketStats
+from ._socket_listener import ListenerOptions, SocketListener
 from ._types import DiscoveredStep, StepFilter
 
 __all__ = [
     "USER_AGENT",
     "DiscoveredStep",
     "LettaClient",
+    "ListenerOptions",
     "RetryPolicy",
     "RunLookup",
+    "SocketCheck",
+    "SocketListener",
+    "SocketSource",
+    "SocketStats",
     "SourceStats",
     "StepFilter",
     "TraceFileReader",
