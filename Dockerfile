@@ -15,7 +15,8 @@
 # and named with LETTA_EXPORTER_CONFIG. The checkpoint lives in the volume, so a restarted
 # container resumes where it stopped.
 
-ARG PYTHON_IMAGE=python:3.12-slim-bookworm
+# The Python minor version CI tests and the lock files are resolved for (requirements/).
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # ---- builder: build the project's wheel and install it, with its dependencies, into a venv -------
 # Every dependency ships binary wheels (grpcio, protobuf, pydantic-core), so no compiler is needed
@@ -28,11 +29,14 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY requirements/runtime.lock ./requirements/
 COPY exporter ./exporter
 
+# The dependencies at the versions of the lock file (the ones CI tested), then the project itself.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
     && python -m venv /opt/venv \
-    && /opt/venv/bin/pip install /wheels/*.whl \
+    && /opt/venv/bin/pip install --no-deps -r requirements/runtime.lock \
+    && /opt/venv/bin/pip install --no-deps /wheels/*.whl \
     && /opt/venv/bin/pip uninstall --yes pip
 
 # ---- final: the slim runtime, the venv, a non-root user ------------------------------------------
