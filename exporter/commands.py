@@ -21,12 +21,11 @@ import click
 
 from . import wiring
 from .checkpoint import Checkpoint
-from .errors import ExporterError
+from .errors import ExporterError, Stopped, UndeliveredError
 from .replay import ReplayOptions, export_file
 from .settings import Settings
-from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
-from .sink import OtlpJsonFileExporter, build_exporter, deliver
-from .source import LettaClient
+from .shipping import ExportSummary
+from .sink import OtlpJsonFileExporter, deliver
 from .telemetry import DeadLetter, HealthServer, Metrics
 
 __all__ = ["check", "convert", "export", "run"]
@@ -75,7 +74,8 @@ def check(settings: Settings) -> bool:
 def convert(settings: Settings, input_path: str, output: str, *, parents: bool) -> int:
     """Offline conversion of a file of ProviderTraces to OTLP JSON lines; the exit code."""
     exporter = OtlpJsonFileExporter(output)
-    shipper = Shipper(
+    shipper = wiring.build_shipper(
+        settings,
         exporter=exporter,
         metrics=Metrics(),
         dead_letter=DeadLetter(settings.dead_letter_path),
@@ -121,10 +121,10 @@ async def _run(settings: Settings) -> int:
     stop = asyncio.Event()
     _install_signals(stop)
     metrics = Metrics()
-    exporter = build_exporter(settings)
+    exporter = wiring.build_exporter(settings)
     health: HealthServer | None = None
     try:
-        async with LettaClient.from_settings(settings, stop=stop) as client:
+        async with wiring.letta_client(settings, stop=stop) as client:
             worker = wiring.build_worker(
                 settings,
                 client=client,
@@ -189,7 +189,7 @@ async def _export(
     stop = asyncio.Event()
     _install_signals(stop)
     metrics = Metrics()
-    exporter = build_exporter(settings)
+    exporter = wiring.build_exporter(settings)
     dead_letter = DeadLetter(settings.dead_letter_path)
     progress = _Progress(enabled=not as_json and sys.stderr.isatty())
     summary = ExportSummary()
@@ -199,13 +199,13 @@ async def _export(
         with progress:
             if settings.source == "file":
                 assert settings.input is not None
-                shipper = Shipper(
+                shipper = wiring.build_shipper(
+                    settings,
                     exporter=exporter,
                     metrics=metrics,
                     dead_letter=dead_letter,
                     stop=stop,
                     deadline_seconds=settings.export_deadline_seconds,
-                    retry_max_seconds=settings.retry_backoff_max_seconds,
                     dry_run=dry_run,
                 )
                 summary = await export_file(
@@ -217,7 +217,7 @@ async def _export(
                     on_progress=progress.update,
                 )
             else:
-                async with LettaClient.from_settings(settings, stop=stop) as client:
+                async with wiring.letta_client(settings, stop=stop) as client:
                     worker = wiring.build_worker(
                         settings,
                         client=client,
@@ -290,13 +290,13 @@ async def _check(settings: Settings) -> bool:
     ok = True
     if settings.source == "letta":
         try:
-            async with LettaClient.from_settings(settings) as client:
+            async with wiring.letta_client(settings) as client:
                 found = await client.check()
             click.echo(f"ok    letta: {found}")
         except ExporterError as exc:
             click.echo(f"FAIL  letta: {exc}")
             ok = False
-    exporter = build_exporter(settings)
+    exporter = wiring.build_exporter(settings)
     try:
         delivery = await asyncio.to_thread(deliver, exporter, [])
         if delivery.delivered:

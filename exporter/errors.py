@@ -13,13 +13,19 @@ these at the stage that meets them, with ``raise ... from exc``.
     │   └── SourceResponseError                   Letta answered something unreadable
     ├── RecordInvalidError     (also ValueError)  a record does not match its schema
     ├── SinkError                                 the collector or output refused or failed
+    │   └── UndeliveredError                      a batch not accepted before the job's deadline
     └── CheckpointError                           the state file cannot be read or written
+
+    Stopped                                       not an error: shutdown was requested while a
+                                                  batch was undelivered (the checkpoint waits)
 
 No error ever carries an API key, a bearer token or OTLP header values: messages name URLs
 (without credentials), status codes, record ids and field names only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = [
     "CheckpointError",
@@ -31,6 +37,8 @@ __all__ = [
     "SourceError",
     "SourceHTTPError",
     "SourceResponseError",
+    "Stopped",
+    "UndeliveredError",
 ]
 
 
@@ -145,6 +153,24 @@ class SinkError(ExporterError):
         self.message = message
 
 
+class UndeliveredError(SinkError):
+    """The collector did not accept a batch before the one-shot deadline.
+
+    Args:
+        trace_ids: the provider trace ids (or step ids) in the batch.
+        reason: the last failure.
+        target: where the batch was going, when known.
+    """
+
+    def __init__(self, trace_ids: Sequence[str], reason: str, *, target: str = "the sink") -> None:
+        shown = ", ".join(trace_ids[:5]) + (" ..." if len(trace_ids) > 5 else "")
+        ExporterError.__init__(self, f"{len(trace_ids)} traces not delivered ({reason}): {shown}")
+        self.target = target
+        self.message = reason
+        self.trace_ids = list(trace_ids)
+        self.reason = reason
+
+
 class CheckpointError(ExporterError):
     """The checkpoint state file cannot be read or written.
 
@@ -157,3 +183,8 @@ class CheckpointError(ExporterError):
         super().__init__(f"checkpoint {path}: {message}")
         self.path = path
         self.message = message
+
+
+class Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Shutdown was requested while a batch was still undelivered (nothing was lost: the
+    checkpoint still points before it)."""

@@ -13,12 +13,10 @@ import pytest
 
 from exporter import wiring
 from exporter.convert import span_id_for, trace_id_for_run
-from exporter.errors import SourceHTTPError
+from exporter.errors import SourceHTTPError, UndeliveredError
 from exporter.settings import Settings
-from exporter.shipping import UndeliveredError
-from exporter.sink import build_exporter
-from exporter.source import LettaClient
 from exporter.telemetry import Metrics
+from exporter.wiring import build_exporter
 from exporter.worker import Worker, in_shard
 from testkit import FakeLetta, LettaStore, OtlpReceiver
 from tests.conftest import LETTA
@@ -71,7 +69,7 @@ async def make_worker(
 ) -> AsyncIterator[Worker]:
     stop = stop or asyncio.Event()
     exporter = build_exporter(settings)
-    async with LettaClient.from_settings(settings, stop=stop) as client:
+    async with wiring.letta_client(settings, stop=stop) as client:
         try:
             yield wiring.build_worker(
                 settings,

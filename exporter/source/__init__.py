@@ -1,4 +1,5 @@
-"""Reading Letta: the async client, step discovery and the file source.
+"""Reading Letta: the source contract, the API source (client, discovery, enrichment) and the
+file source.
 
 ``LettaClient`` talks to a Letta server (pooled httpx, bounded concurrency, one retry layer);
 ``read_trace_file`` reads ProviderTraces saved as JSON or JSON lines. Both raise only
@@ -8,20 +9,34 @@
 
 from __future__ import annotations
 
+from ._api import ApiSource
 from ._client import USER_AGENT, LettaClient
+from ._contract import Awaiting, CaughtUp, Event, Found, Missing, Skipped, Source, Unreadable
+from ._enrich import StepEnricher
 from ._file import TraceFileReader, read_trace_file
 from ._retry import RetryPolicy, SourceStats
 from ._runs import RunLookup
-from ._types import DiscoveredStep, StepFilter
+from ._types import DiscoveredStep, StepFilter, in_shard
 
 __all__ = [
     "USER_AGENT",
+    "ApiSource",
+    "Awaiting",
+    "CaughtUp",
     "DiscoveredStep",
+    "Event",
+    "Found",
     "LettaClient",
+    "Missing",
     "RetryPolicy",
     "RunLookup",
+    "Skipped",
+    "Source",
     "SourceStats",
+    "StepEnricher",
     "StepFilter",
     "TraceFileReader",
+    "Unreadable",
+    "in_shard",
     "read_trace_file",
 ]
