@@ -373,11 +373,16 @@ async def test_bad_resume_position_is_a_source_error(client):
 async def test_a_cancelled_agent_load_does_not_fail_the_others(client, fake):
     fake.slow(0.2, path=r"^/v1/agents/")
     first = asyncio.create_task(client.get_agent(AGENT))
-    await asyncio.sleep(0.05)
+    for _ in range(1000):  # bounded: until the load is on its way to Letta
+        if fake.requests_to(r"^/v1/agents/"):
+            break
+        await asyncio.sleep(0.005)
     second = asyncio.create_task(client.get_agent(AGENT))
-    await asyncio.sleep(0.01)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the second caller joins the load under way
     first.cancel()
     agent = await asyncio.wait_for(second, timeout=10)
     assert agent is not None
     assert agent.id == AGENT
     assert first.cancelled()
+    assert len(fake.requests_to(r"^/v1/agents/")) == 1  # one request served both
