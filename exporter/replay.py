@@ -1,15 +1,17 @@
 """Export archived ProviderTraces (a file, not the Letta API) through the same conversion and sink.
 
-There is no checkpoint here: the file is read start to end, and spans keep the same ids every
-time, so exporting a file twice is harmless (backends deduplicate). Each run's ``invoke_agent``
-parent is built at the end from what the file holds (run id, agent id, the time range of its
-spans), since a dump has no Run records.
+The file is read as a :class:`~exporter.source.FileSource` (the source contract: a
+:class:`Found` per trace, an :class:`Unreadable` per damaged record). There is no checkpoint
+here: the file is read start to end, and spans keep the same ids every time, so exporting a file
+twice is harmless (backends deduplicate). Each run's ``invoke_agent`` parent is built at the end
+from what the file holds (run id, agent id, the time range of its spans), since a dump has no
+Run records.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +20,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from .checkpoint import OpenRun
 from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
-from .errors import RecordInvalidError
 from .models import ProviderTrace, Run
 from .shipping import ExportSummary, Shipper
-from .source import read_trace_file
+from .source import CaughtUp, Event, FileSource, Found, Unreadable
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ReplayOptions", "export_file", "export_traces"]
+__all__ = ["ReplayOptions", "export_events", "export_file", "export_traces"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,16 +53,58 @@ async def export_traces(
     Raises:
         Stopped: shutdown was requested while a batch was undelivered.
         UndeliveredError: the collector did not accept a batch before the deadline.
-        RecordInvalidError: the file holds a record that is not a ProviderTrace.
+    """
+
+    async def found() -> AsyncIterator[Event]:
+        for trace in traces:
+            yield Found(trace=trace)
+
+    return await export_events(
+        found(),
+        shipper=shipper,
+        convert_options=convert_options,
+        resource=resource,
+        options=options,
+        on_progress=on_progress,
+        summary=summary,
+    )
+
+
+async def export_events(
+    events: AsyncIterator[Event],
+    *,
+    shipper: Shipper,
+    convert_options: ConvertOptions,
+    resource: Resource,
+    options: ReplayOptions = ReplayOptions(),
+    on_progress: Callable[[ExportSummary], None] | None = None,
+    summary: ExportSummary | None = None,
+    on_unreadable: Callable[[Unreadable], None] | None = None,
+) -> ExportSummary:
+    """Convert and ship every :class:`Found` trace until :class:`CaughtUp`, then one parent
+    span per run seen; each :class:`Unreadable` goes to ``on_unreadable``.
+
+    Raises:
+        Stopped: shutdown was requested while a batch was undelivered.
+        UndeliveredError: the collector did not accept a batch before the deadline.
     """
     summary = summary if summary is not None else ExportSummary()
     runs: dict[str, OpenRun] = {}
     batch: list[ReadableSpan] = []
     ids: list[str] = []
     context = TraceContext()
-    for trace in traces:
+    async for event in events:
+        if isinstance(event, CaughtUp):
+            break
+        if isinstance(event, Unreadable):
+            if on_unreadable is not None:
+                on_unreadable(event)
+            continue
+        if not isinstance(event, Found):
+            continue
         if options.limit is not None and summary.discovered >= options.limit:
             break
+        trace = event.trace
         summary.discovered += 1
         span = convert_trace(trace, context, options=convert_options, resource=resource)
         batch.append(span)
@@ -124,20 +167,28 @@ async def export_file(
     """
     summary = ExportSummary()
 
-    def report(error: RecordInvalidError) -> None:
+    def report(record: Unreadable) -> None:
         summary.invalid += 1
-        summary.fail(str(error))
+        summary.fail(record.detail)
         if dead_letter:
-            shipper.dead_letter.write("invalid", error=str(error), record_id=error.record_id)
-        _logger.error("%s (skipped%s)", error, "; in the dead-letter file" if dead_letter else "")
+            shipper.dead_letter.write("invalid", error=record.detail, record_id=record.record_id)
+        _logger.error(
+            "%s (skipped%s)", record.detail, "; in the dead-letter file" if dead_letter else ""
+        )
 
-    with read_trace_file(path, on_invalid=report) as traces:
-        return await export_traces(
-            traces,
+    source = FileSource(path)
+    events = source.read(resume=None, follow=False)
+    try:
+        return await export_events(
+            events,
             shipper=shipper,
             convert_options=convert_options,
             resource=resource,
             options=options,
             on_progress=on_progress,
             summary=summary,
+            on_unreadable=report,
         )
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await source.aclose()

@@ -13,7 +13,7 @@ from ._api import ApiSource
 from ._client import USER_AGENT, LettaClient
 from ._contract import Awaiting, CaughtUp, Event, Found, Missing, Skipped, Source, Unreadable
 from ._enrich import StepEnricher
-from ._file import TraceFileReader, read_trace_file
+from ._file import FileSource, TraceFileReader, read_trace_file
 from ._retry import RetryPolicy, SourceStats
 from ._runs import RunLookup
 from ._types import DiscoveredStep, StepFilter, in_shard
@@ -25,6 +25,7 @@ __all__ = [
     "CaughtUp",
     "DiscoveredStep",
     "Event",
+    "FileSource",
     "Found",
     "LettaClient",
     "Missing",
