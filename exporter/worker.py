@@ -24,25 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 
 from ._ratelimit import RateLimitedLog
-from .batch import Batch, Entry, Kind, apply_delivered
-from .checkpoint import Checkpoint, OpenRun, PendingStep, StreamState
-from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
+from .batch import Batch, Entry, apply_delivered
+from .checkpoint import Checkpoint, StreamState
+from .convert import ConvertOptions
 from .errors import RecordInvalidError, SourceError, Stopped
-from .models import Run
-from .run_tracking import LocalRuns, RunContext, RunTracker, waiting_runs
+from .intake import Intake
+from .parents import ParentSpans
+from .run_tracking import LocalRuns, RunContext, RunTracker
 from .shipping import ExportSummary, Shipper, wait_or_stop
 from .source import (
-    Awaiting,
     CaughtUp,
     Event,
-    Found,
-    Missing,
-    Skipped,
     Source,
-    Unreadable,
     in_shard,
 )
 from .telemetry import DeadLetter, Metrics
@@ -112,6 +107,28 @@ class Worker:
         self._local = LocalRuns() if runs is None else None
         self._runs: RunContext = runs if runs is not None else self._local  # type: ignore[assignment]
         self._tracker = RunTracker(idle_seconds=run_idle_seconds, clock=clock)
+        self._intake = Intake(
+            convert_options=convert_options,
+            resource=resource,
+            metrics=metrics,
+            dead_letter=dead_letter,
+            tracker=self._tracker,
+            owns_run=self._owns_run,
+            order=lambda: getattr(source, "order", "steps"),
+            local=self._local,
+        )
+        self._parents = ParentSpans(
+            state=self._state,
+            runs=self._runs,
+            tracker=self._tracker,
+            shipper=shipper,
+            convert_options=convert_options,
+            resource=resource,
+            batch_size=options.batch_size,
+            save=self._save,
+            beat=self._beat,
+            local=self._local,
+        )
         self._on_progress = on_progress
         self._clock = clock
         self._total = ExportSummary()
@@ -211,7 +228,7 @@ class Worker:
             await self.run_pass()
         if not self._stop.is_set():
             final = ExportSummary()
-            await self._ship_finished_runs(final, final=True)
+            await self._parents.ship_finished(final, final=True)
             self._total.add(final)
         self._total.pending = len(self._state.pending)
         return self._total
@@ -219,91 +236,12 @@ class Worker:
     # ------------------------------------------------------------------ one event
     async def _take(self, event: Event, batch: Batch, summary: ExportSummary) -> Batch:
         """Handle one event into the batch; ship the batch when it is full."""
-        self._handle(event, batch, summary)
+        self._intake.handle(event, batch, summary)
         if len(batch.spans) >= self._options.batch_size:
             await self._ship(batch, summary)
             batch = Batch()
         self.heartbeat = self._clock()
         return batch
-
-    def _handle(self, event: Event, batch: Batch, summary: ExportSummary) -> None:
-        if isinstance(event, CaughtUp):
-            return
-        if event.position is not None:
-            batch.last_position = event.position
-            run = event.run if isinstance(event, Found | Missing | Awaiting) else None
-            self._tracker.advance(event.step, run, order=getattr(self._source, "order", "steps"))
-        if isinstance(event, Skipped):
-            self._skipped(event, batch, summary)
-            return
-        if event.fresh:
-            summary.discovered += 1
-        if isinstance(event, Found):
-            self._found(event, batch)
-        elif isinstance(event, Awaiting):
-            pending = PendingStep(
-                step_id=event.step_id,
-                run_id=event.run_id,
-                first_seen=event.first_seen,
-                attempts=event.attempts,
-            )
-            batch.entries.append(
-                Entry(event.step_id, Kind.AWAITING, event.run_id, event.agent_id, pending=pending)
-            )
-        elif isinstance(event, Missing):
-            batch.entries.append(Entry(event.step_id, Kind.MISSING, event.run_id, event.agent_id))
-        else:
-            self._unreadable(event, batch, summary)
-
-    def _skipped(self, event: Skipped, batch: Batch, summary: ExportSummary) -> None:
-        step = event.step
-        if not event.seen:
-            summary.skipped_shard += 1
-        if step is not None and step.run_id and not event.seen and self._owns_run(step.run_id):
-            batch.entries.append(Entry(event.step_id, Kind.FOREIGN, step.run_id, step.agent_id))
-
-    def _found(self, event: Found, batch: Batch) -> None:
-        trace, step = event.trace, event.step
-        if self._local is not None:
-            self._local.remember(event.run, event.agent)
-        context = TraceContext(step=step, metrics=event.metrics, run=event.run, agent=event.agent)
-        span = convert_trace(trace, context, options=self._convert, resource=self._resource)
-        run_id = trace.run_id or (step.run_id if step else None)
-        if run_id:
-            self._tracker.seen(run_id)
-        batch.entries.append(
-            Entry(
-                (step.id if step else None) or trace.step_id or trace.id or "",
-                Kind.SPAN,
-                run_id,
-                trace.agent_id or (step.agent_id if step else None),
-                span_index=len(batch.spans),
-                trace_id=trace.id,
-            )
-        )
-        batch.spans.append(span)
-
-    def _unreadable(self, event: Unreadable, batch: Batch, summary: ExportSummary) -> None:
-        step = event.step
-        name = event.record_id or "<no id>"
-        summary.invalid += 1
-        summary.fail(f"{name}: {event.detail}")
-        self._metrics.traces_failed.labels(reason=event.reason).inc()
-        fields: dict[str, object] = {f"{event.record_kind}_id": event.record_id}
-        fields["error"] = event.detail
-        if event.raw is not None:
-            fields["raw"] = event.raw.decode("utf-8", "replace")
-        self._dead_letter.write(event.reason, **fields)
-        _logger.error("step %s: %s (written to the dead-letter file)", name, event.detail)
-        if event.record_id is not None:
-            batch.entries.append(
-                Entry(
-                    event.record_id,
-                    Kind.REPORTED,
-                    step.run_id if step else None,
-                    step.agent_id if step else None,
-                )
-            )
 
     # ------------------------------------------------------------------ shipping
     def _beat(self) -> None:
@@ -316,7 +254,7 @@ class Worker:
         await self._shipper.ship(batch.spans, batch.trace_ids(), summary, on_wait=self._beat)
 
         def missing(entry: Entry) -> None:
-            self._report_missing(entry, summary)
+            self._intake.report_missing(entry, summary)
 
         apply_delivered(batch, self._state, owns_run=self._owns_run, on_missing=missing)
         await self._save()
@@ -324,17 +262,7 @@ class Worker:
             self._metrics.lag_seconds.set(max(0.0, self._clock() - last / 1e9))
         if self._on_progress is not None:
             self._on_progress(summary)
-        await self._ship_due_runs(summary)
-
-    def _report_missing(self, entry: Entry, summary: ExportSummary) -> None:
-        summary.missing += 1
-        self._metrics.traces_missing.inc()
-        self._dead_letter.write("no_trace", step_id=entry.step_id, run_id=entry.run_id)
-        _logger.warning(
-            "step %s has no trace after the settle time (tracking off, or the call failed "
-            "before a trace was written); recorded in the dead-letter file",
-            entry.step_id,
-        )
+        await self._parents.ship_due(summary)
 
     async def _save(self) -> None:
         """Save the checkpoint off the event loop (a lock and two fsyncs), one save at a time.
@@ -350,73 +278,9 @@ class Worker:
         export its steps), so sharded replicas never send a run span twice."""
         return in_shard(run_id, self._options.shard)
 
-    async def _ship_due_runs(self, summary: ExportSummary) -> None:
-        """Ship, mid-pass, the parents of runs that are over.
-
-        Without this every run of a long backlog stays open until the end of the pass: memory
-        and the checkpoint (rewritten after every batch) would grow with the backlog.
-        """
-        state = self._state
-        if not state.open_runs:
-            return
-        ready = self._tracker.due_now(
-            state.open_runs.values(), state.pending, self._runs.cached_run
-        )
-        spans: list[ReadableSpan] = []
-        done: list[str] = []
-        for open_run, run in ready:
-            spans.append(await self._run_span(open_run, run))
-            done.append(open_run.run_id)
-        await self._ship_runs(spans, done, summary)
-
     async def _end_pass(self, batch: Batch, summary: ExportSummary, *, final: bool) -> None:
         await self._ship(batch, summary)
-        await self._ship_finished_runs(summary, final=final)
-
-    async def _ship_finished_runs(self, summary: ExportSummary, *, final: bool) -> None:
-        """Ship the invoke_agent span of every run that can get no more spans."""
-        state = self._state
-        waiting = waiting_runs(state.pending)
-        spans: list[ReadableSpan] = []
-        done: list[str] = []
-        for open_run in list(state.open_runs.values()):
-            run = await self._runs.run(open_run.run_id)
-            if not self._tracker.due_at_end(open_run, run, waiting, final=final):
-                continue
-            spans.append(await self._run_span(open_run, run))
-            done.append(open_run.run_id)
-            if len(spans) >= self._options.batch_size:
-                await self._ship_runs(spans, done, summary)
-                spans, done = [], []
-        await self._ship_runs(spans, done, summary)
-
-    async def _run_span(self, open_run: OpenRun, run: Run) -> ReadableSpan:
-        agent = await self._runs.agent(run.agent_id or open_run.agent_id or "")
-        if self._local is not None and run.agent_id is None and open_run.agent_id is not None:
-            # A source without run records: the run is known by what its steps named.
-            run = run.model_copy(update={"agent_id": open_run.agent_id})
-        return convert_run(
-            run,
-            agent=agent,
-            first_start_ns=open_run.first_start_ns,
-            last_end_ns=open_run.last_end_ns,
-            step_count=len(open_run.step_ids),
-            options=self._convert,
-            resource=self._resource,
-        )
-
-    async def _ship_runs(
-        self, spans: list[ReadableSpan], run_ids: list[str], summary: ExportSummary
-    ) -> None:
-        if not spans:
-            return
-        await self._shipper.ship(spans, run_ids, summary, kind="run", on_wait=self._beat)
-        for run_id in run_ids:
-            self._state.open_runs.pop(run_id, None)
-            self._tracker.closed(run_id)
-            if self._local is not None:
-                self._local.forget(run_id)
-        await self._save()
+        await self._parents.ship_finished(summary, final=final)
 
     # ------------------------------------------------------------------ bookkeeping
     def _count_pass(self, summary: ExportSummary) -> None:
