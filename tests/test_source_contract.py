@@ -8,15 +8,28 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from exporter.checkpoint import Checkpoint
 from exporter.convert import ConvertOptions, build_resource
 from exporter.models import ProviderTrace
 from exporter.shipping import Shipper
-from exporter.source import CaughtUp, Event, FileSource, Found, Source, Unreadable
+from exporter.source import (
+    CaughtUp,
+    EnrichingSource,
+    Event,
+    FileSource,
+    Found,
+    LettaClient,
+    Source,
+    StepEnricher,
+    Unreadable,
+)
 from exporter.telemetry import DeadLetter, Metrics
 from exporter.worker import Worker, WorkerOptions
+from testkit import FakeLetta
+from tests.conftest import LETTA
 
 RESOURCE = build_resource("test", {})
 
@@ -181,3 +194,33 @@ async def test_one_shot_over_a_trace_only_source_ships_every_run_at_the_end(tmp_
     assert summary.discovered == 3
     assert worker.state.open_runs == {}
     assert worker.state.cursor == "3"
+
+
+# ---------------------------------------------------------------------- enrichment
+async def test_enriching_source_fills_in_step_run_and_agent_from_the_api():
+    steps = {
+        p.stem: json.loads(p.read_bytes()) for p in sorted((LETTA / "steps").glob("step-*.json"))
+    }
+    traced = [rec for rec in steps.values() if rec["trace"] is not None][:3]
+    with FakeLetta.from_fixtures(LETTA, flavour="0.16.8") as letta:
+        client = LettaClient(httpx.AsyncClient(base_url=letta.url))
+        source = PushSource()
+        for rec in traced:
+            source.queue.put_nowait(ProviderTrace.model_validate(rec["trace"]))
+        enriched = EnrichingSource(source, StepEnricher(client), depth=4)
+        assert enriched.name == "socket"
+        assert enriched.stream_key() == "socket:test"
+        events = [e async for e in enriched.read(resume=None, follow=False)]
+        await enriched.aclose()
+        await client.aclose()
+    found = [e for e in events if isinstance(e, Found)]
+    assert isinstance(events[-1], CaughtUp)
+    assert [e.trace.step_id for e in found] == [rec["step"]["id"] for rec in traced]
+    for event, rec in zip(found, traced, strict=True):
+        assert event.step is not None
+        assert event.step.id == rec["step"]["id"]
+        assert event.run is not None
+        assert event.run.id == rec["trace"]["run_id"]
+        assert event.agent is not None
+        assert event.agent.id == rec["trace"]["agent_id"]
+        assert event.position is not None

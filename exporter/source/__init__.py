@@ -12,7 +12,7 @@ from __future__ import annotations
 from ._api import ApiSource
 from ._client import USER_AGENT, LettaClient
 from ._contract import Awaiting, CaughtUp, Event, Found, Missing, Skipped, Source, Unreadable
-from ._enrich import StepEnricher
+from ._enrich import EnrichingSource, StepEnricher
 from ._file import FileSource, TraceFileReader, read_trace_file
 from ._retry import RetryPolicy, SourceStats
 from ._runs import RunLookup
@@ -24,6 +24,7 @@ __all__ = [
     "Awaiting",
     "CaughtUp",
     "DiscoveredStep",
+    "EnrichingSource",
     "Event",
     "FileSource",
     "Found",

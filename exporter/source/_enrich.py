@@ -10,19 +10,25 @@ on a few passes, then reported and passed over (one bad record never holds up th
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
 from typing import Final, Protocol, TypeVar
 
+from .._ratelimit import RateLimitedLog
 from .._singleflight import SingleFlight
-from ..errors import RecordInvalidError, SourceHTTPError
+from .._window import ordered_map
+from ..errors import RecordInvalidError, SourceError, SourceHTTPError
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
+from ._contract import CaughtUp, Event, Found, Source
 from ._runs import RunLookup
 from ._types import DiscoveredStep, StepFilter
 
-__all__ = ["ApiClient", "Enriched", "StepEnricher"]
+__all__ = ["ApiClient", "Enriched", "EnrichingSource", "StepEnricher"]
+
+_logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -80,6 +86,7 @@ class StepEnricher:
     """
 
     def __init__(self, client: ApiClient, *, agent_ids: tuple[str, ...] = ()) -> None:
+        self.client = client
         self._client = client
         self._agent_ids = agent_ids
         self._lookup = RunLookup(client, agent_ids=agent_ids)
@@ -170,3 +177,73 @@ class StepEnricher:
 
     async def aclose(self) -> None:
         await self._lookup.aclose()
+
+
+class EnrichingSource:
+    """Another source's events, with the context its traces lack looked up in the Letta API.
+
+    For a source that sees only traces (the socket source): each :class:`Found` without a step,
+    run or agent gets them from ``enricher`` (metrics too when the trace has no latency), in a
+    read-ahead window like the API source's, so events keep their order. A lookup that fails
+    leaves that part out (a span is made either way) and is logged, rate-limited. Runs are
+    looked up again after each :class:`CaughtUp` (their statuses change). Pass ``enricher`` as
+    the worker's ``runs`` too, so parent spans see the same runs.
+
+    Args:
+        source: the source to wrap.
+        enricher: the API lookups.
+        depth: events with lookups in flight at most.
+    """
+
+    def __init__(self, source: Source, enricher: StepEnricher, *, depth: int = 32) -> None:
+        self._source = source
+        self._enricher = enricher
+        self._depth = depth
+        self._log = RateLimitedLog(_logger)
+        self.name = source.name
+
+    def stream_key(self) -> str:
+        return self._source.stream_key()
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+        await self._enricher.aclose()
+
+    async def read(self, *, resume: str | None, follow: bool) -> AsyncIterator[Event]:
+        async for event in ordered_map(
+            self._source.read(resume=resume, follow=follow),
+            self._complete,
+            depth=self._depth,
+            needs_work=_lacks_context,
+            done=lambda event: event,
+        ):
+            if isinstance(event, CaughtUp):
+                await self._enricher.new_pass()
+            yield event
+
+    async def _complete(self, event: Event) -> Event:
+        assert isinstance(event, Found)
+        trace = event.trace
+        step, run, agent, metrics = event.step, event.run, event.agent, event.metrics
+        try:
+            if step is None and trace.step_id:
+                step = await _unless_gone(self._enricher.client.get_step(trace.step_id))
+            run_id = trace.run_id or (step.run_id if step else None)
+            if run is None and run_id:
+                run = await self._enricher.run(run_id)
+            agent_id = trace.agent_id or (step.agent_id if step else None)
+            if agent is None and agent_id:
+                agent = await self._enricher.agent(agent_id)
+            if metrics is None and trace.latency_ms is None and trace.step_id:
+                metrics = await self._enricher.client.get_step_metrics(trace.step_id)
+        except (SourceError, RecordInvalidError) as exc:
+            self._log.warning(
+                "enrich", "context of trace %s not found, exported without it: %s", trace.id, exc
+            )
+        return replace(event, step=step, run=run, agent=agent, metrics=metrics)
+
+
+def _lacks_context(event: Event) -> bool:
+    return isinstance(event, Found) and (
+        event.step is None or event.run is None or event.agent is None
+    )
