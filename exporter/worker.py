@@ -197,6 +197,8 @@ class Worker:
                         self._count_pass(ended)
                     self._passed()
                     self._tracker.new_pass()
+                # The source ended (stopped, or nothing more to follow): ship what it left.
+                await self._end_pass(batch, summary, final=False)
             except Stopped:
                 break
             except (SourceError, RecordInvalidError) as exc:

@@ -138,6 +138,14 @@ def worker_for(
     )
 
 
+def saved_cursor(tmp_path: Path) -> str | None:
+    path = tmp_path / "state.json"
+    if not path.exists():
+        return None
+    streams = json.loads(path.read_text())["streams"]
+    return next(iter(streams.values()))["cursor"] if streams else None
+
+
 async def wait_until(condition, seconds: float = 10.0) -> None:
     for _ in range(int(seconds / 0.01)):
         if condition():
@@ -155,7 +163,8 @@ async def test_worker_follows_a_trace_only_source_and_closes_runs_by_idleness(tm
     for n in (1, 2, 3):
         source.queue.put_nowait(trace(n))
     task = asyncio.create_task(worker.run_forever(poll_seconds=0.01))
-    await wait_until(lambda: len(exporter.get_finished_spans()) == 3)
+    await wait_until(lambda: saved_cursor(tmp_path) == "3")  # saved once delivered
+    assert len(exporter.get_finished_spans()) == 3
     state = json.loads((tmp_path / "state.json").read_text())["streams"]
     (stream,) = state.values()
     assert stream["cursor"] == "3"
