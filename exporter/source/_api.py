@@ -113,9 +113,12 @@ class ApiSource:
     async def read(self, *, resume: str | None, follow: bool) -> AsyncIterator[Event]:
         """One pass (or, with ``follow``, a pass every ``poll_seconds``), ending in CaughtUp."""
         while True:
+            last = resume
             async for event in self._pass(resume):
+                if event.position is not None:
+                    last = event.position
                 yield event
-            yield CaughtUp(position=self._state.cursor)
+            yield CaughtUp(position=last)
             if not follow or self._stop.is_set():
                 return
             with contextlib.suppress(TimeoutError):
