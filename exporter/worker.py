@@ -98,11 +98,8 @@ class Worker:
         self._shipper = shipper
         self._checkpoint = checkpoint
         self._state: StreamState = checkpoint.stream(source.stream_key())
-        self._convert = convert_options
-        self._resource = resource
         self._options = options
         self._metrics = metrics
-        self._dead_letter = dead_letter
         self._stop = stop
         self._local = LocalRuns() if runs is None else None
         self._runs: RunContext = runs if runs is not None else self._local  # type: ignore[assignment]
