@@ -84,9 +84,12 @@ def _client(transport: str, url: str, concurrency: int) -> Any:
     from exporter.source import LettaClient
 
     if transport == "lean":
-        return LettaClient.from_settings(
-            Settings(letta_base_url=url, concurrency=concurrency, request_timeout_seconds=30)
-        )
+        settings = Settings(letta_base_url=url, concurrency=concurrency, request_timeout_seconds=30)
+        try:
+            from exporter.wiring import letta_client
+        except ImportError:  # a checkout from before the client was built in wiring
+            return LettaClient.from_settings(settings)
+        return letta_client(settings)
     http = httpx.AsyncClient(
         base_url=url,
         timeout=httpx.Timeout(30),

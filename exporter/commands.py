@@ -27,12 +27,19 @@ import click
 
 from . import timeshift, wiring
 from .checkpoint import Checkpoint
-from .errors import CheckpointError, ConfigError, ExporterError, SourceHTTPError
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    ExporterError,
+    SourceHTTPError,
+    Stopped,
+    UndeliveredError,
+)
 from .progress import ExportProgress, count_records
 from .replay import ReplayOptions, export_file
 from .settings import Settings
-from .shipping import ExportSummary, Shipper, Stopped, UndeliveredError
-from .sink import Delivery, OtlpJsonFileExporter, build_exporter, deliver
+from .shipping import ExportSummary
+from .sink import Delivery, OtlpJsonFileExporter, deliver
 from .source import LettaClient
 from .telemetry import DeadLetter, HealthServer, Metrics
 
@@ -130,7 +137,8 @@ def convert(settings: Settings, input_path: str, output: str, *, parents: bool) 
     # A filter: Ctrl-C stops it at once, even while it waits on a silent stdin.
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     exporter = _ConvertOutput(output)
-    shipper = Shipper(
+    shipper = wiring.build_shipper(
+        settings,
         exporter=exporter,
         metrics=Metrics(),
         dead_letter=DeadLetter(settings.dead_letter_path),
@@ -231,10 +239,10 @@ async def _run(settings: Settings) -> int:
     _install_signals(stop)
     metrics = Metrics()
     probe_state(settings.state_path)  # before anything is sent
-    exporter = build_exporter(settings)
+    exporter = wiring.build_exporter(settings)
     health: HealthServer | None = None
     try:
-        async with LettaClient.from_settings(settings, stop=stop) as client:
+        async with wiring.letta_client(settings, stop=stop) as client:
             worker = wiring.build_worker(
                 settings,
                 client=client,
@@ -335,17 +343,17 @@ async def _export(
     try:
         if settings.source == "letta" and not dry_run:
             probe_state(settings.state_path)  # before anything is sent
-        exporter = build_exporter(settings)
+        exporter = wiring.build_exporter(settings)
         with progress:
             if settings.source == "file":
                 assert settings.input is not None
-                shipper = Shipper(
+                shipper = wiring.build_shipper(
+                    settings,
                     exporter=exporter,
                     metrics=metrics,
                     dead_letter=dead_letter,
                     stop=stop,
                     deadline_seconds=settings.export_deadline_seconds,
-                    retry_max_seconds=settings.retry_backoff_max_seconds,
                     dry_run=dry_run,
                 )
                 result.summary = await export_file(
@@ -359,7 +367,7 @@ async def _export(
                 if not result.summary.discovered and not result.summary.invalid:
                     result.warnings.append(f"{settings.input} holds no traces: nothing exported")
             else:
-                async with LettaClient.from_settings(settings, stop=stop) as client:
+                async with wiring.letta_client(settings, stop=stop) as client:
                     worker = wiring.build_worker(
                         settings,
                         client=client,
@@ -464,14 +472,14 @@ async def _check(settings: Settings) -> bool:
     ok = True
     if settings.source == "letta":
         try:
-            async with LettaClient.from_settings(settings) as client:
+            async with wiring.letta_client(settings) as client:
                 found = await client.check()
                 click.echo(f"ok    letta: {found}")
                 click.echo(f"ok    window: {await _sample_window(settings, client)}")
         except ExporterError as exc:
             click.echo(f"FAIL  letta: {exc}")
             ok = False
-    exporter = build_exporter(settings)
+    exporter = wiring.build_exporter(settings)
     try:
         delivery = await asyncio.to_thread(deliver, exporter, [])
         if delivery.delivered:

@@ -18,13 +18,19 @@ these at the stage that meets them, with ``raise ... from exc``.
     │       └── DatabaseConfigError               refused credentials, missing table/column
     ├── RecordInvalidError     (also ValueError)  a record does not match its schema
     ├── SinkError                                 the collector or output refused or failed
+    │   └── UndeliveredError                      a batch not accepted before the job's deadline
     └── CheckpointError                           the state file cannot be read or written
+
+    Stopped                                       not an error: shutdown was requested while a
+                                                  batch was undelivered (the checkpoint waits)
 
 No error ever carries an API key, a bearer token or OTLP header values: messages name URLs
 (without credentials), status codes, record ids and field names only.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 __all__ = [
     "CheckpointError",
@@ -41,6 +47,8 @@ __all__ = [
     "SourceError",
     "SourceHTTPError",
     "SourceResponseError",
+    "Stopped",
+    "UndeliveredError",
 ]
 
 
@@ -207,6 +215,24 @@ class SinkError(ExporterError):
         self.message = message
 
 
+class UndeliveredError(SinkError):
+    """The collector did not accept a batch before the one-shot deadline.
+
+    Args:
+        trace_ids: the provider trace ids (or step ids) in the batch.
+        reason: the last failure.
+        target: where the batch was going, when known.
+    """
+
+    def __init__(self, trace_ids: Sequence[str], reason: str, *, target: str = "the sink") -> None:
+        shown = ", ".join(trace_ids[:5]) + (" ..." if len(trace_ids) > 5 else "")
+        ExporterError.__init__(self, f"{len(trace_ids)} traces not delivered ({reason}): {shown}")
+        self.target = target
+        self.message = reason
+        self.trace_ids = list(trace_ids)
+        self.reason = reason
+
+
 class CheckpointError(ExporterError):
     """The checkpoint state file cannot be read or written.
 
@@ -243,3 +269,8 @@ class DatabaseConfigError(DatabaseError):
     missing table or column (an older or newer Letta schema). Retrying cannot help: exit 2."""
 
     configuration = True
+
+
+class Stopped(Exception):  # noqa: N818 - a signal, not an error
+    """Shutdown was requested while a batch was still undelivered (nothing was lost: the
+    checkpoint still points before it)."""

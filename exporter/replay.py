@@ -1,15 +1,17 @@
 """Export archived ProviderTraces (a file, not the Letta API) through the same conversion and sink.
 
-There is no checkpoint here: the file is read start to end, and spans keep the same ids every
-time, so exporting a file twice is harmless (backends deduplicate). Each run's ``invoke_agent``
-parent is built at the end from what the file holds (run id, agent id, the time range of its
-spans), since a dump has no Run records.
+The file is read as a :class:`~exporter.source.FileSource` (the source contract: a
+:class:`Found` per trace, an :class:`Unreadable` per damaged record). There is no checkpoint
+here: the file is read start to end, and spans keep the same ids every time, so exporting a file
+twice is harmless (backends deduplicate). Each run's ``invoke_agent`` parent is built at the end
+from what the file holds (run id, agent id, the time range of its spans), since a dump has no
+Run records.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -19,15 +21,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from .checkpoint import OpenRun
 from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
-from .errors import RecordInvalidError
 from .models import Agent, ProviderTrace, Run
 from .shipping import ExportSummary, Shipper
-from .source import TraceRecord, read_trace_file
+from .source import CaughtUp, Event, FileSource, Found, TraceRecord, Unreadable
 from .timeshift import shift_record
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["ReplayOptions", "export_file", "export_traces"]
+__all__ = ["ReplayOptions", "export_events", "export_file", "export_traces"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +57,66 @@ async def export_traces(
     Raises:
         Stopped: shutdown was requested while a batch was undelivered.
         UndeliveredError: the collector did not accept a batch before the deadline.
-        RecordInvalidError: the file holds a record that is not a ProviderTrace.
+    """
+
+    async def found() -> AsyncIterator[Event]:
+        for item in traces:
+            record = item if isinstance(item, TraceRecord) else TraceRecord(item)
+            yield Found(
+                trace=record.trace,
+                step=record.step,
+                metrics=record.metrics,
+                run=record.run,
+                agent=record.agent,
+            )
+
+    return await export_events(
+        found(),
+        shipper=shipper,
+        convert_options=convert_options,
+        resource=resource,
+        options=options,
+        on_progress=on_progress,
+        summary=summary,
+    )
+
+
+async def export_events(
+    events: AsyncIterator[Event],
+    *,
+    shipper: Shipper,
+    convert_options: ConvertOptions,
+    resource: Resource,
+    options: ReplayOptions = ReplayOptions(),
+    on_progress: Callable[[ExportSummary], None] | None = None,
+    summary: ExportSummary | None = None,
+    on_unreadable: Callable[[Unreadable], None] | None = None,
+) -> ExportSummary:
+    """Convert and ship every :class:`Found` trace until :class:`CaughtUp`, then one parent
+    span per run seen; each :class:`Unreadable` goes to ``on_unreadable``.
+
+    Raises:
+        Stopped: shutdown was requested while a batch was undelivered.
+        UndeliveredError: the collector did not accept a batch before the deadline.
     """
     summary = summary if summary is not None else ExportSummary()
     runs: dict[str, OpenRun] = {}
     agents: dict[str, Agent] = {}
     batch: list[ReadableSpan] = []
     ids: list[str] = []
-    for item in traces:
+    async for event in events:
+        if isinstance(event, CaughtUp):
+            break
+        if isinstance(event, Unreadable):
+            if on_unreadable is not None:
+                on_unreadable(event)
+            continue
+        if not isinstance(event, Found):
+            continue
         if options.limit is not None and summary.discovered >= options.limit:
             break
         summary.discovered += 1
-        record = item if isinstance(item, TraceRecord) else TraceRecord(item)
+        record = TraceRecord(event.trace, event.step, event.metrics, event.agent, event.run)
         if options.shift is not None:
             record = shift_record(record, options.shift)
         trace = record.trace
@@ -138,20 +187,28 @@ async def export_file(
     """
     summary = ExportSummary()
 
-    def report(error: RecordInvalidError) -> None:
+    def report(record: Unreadable) -> None:
         summary.invalid += 1
-        summary.fail(str(error))
+        summary.fail(record.detail)
         if dead_letter:
-            shipper.dead_letter.write("invalid", error=str(error), record_id=error.record_id)
-        _logger.error("%s (skipped%s)", error, "; in the dead-letter file" if dead_letter else "")
+            shipper.dead_letter.write("invalid", error=record.detail, record_id=record.record_id)
+        _logger.error(
+            "%s (skipped%s)", record.detail, "; in the dead-letter file" if dead_letter else ""
+        )
 
-    with read_trace_file(path, on_invalid=report) as traces:
-        return await export_traces(
-            traces.with_context(),
+    source = FileSource(path)
+    events = source.read(resume=None, follow=False)
+    try:
+        return await export_events(
+            events,
             shipper=shipper,
             convert_options=convert_options,
             resource=resource,
             options=options,
             on_progress=on_progress,
             summary=summary,
+            on_unreadable=report,
         )
+    finally:
+        await events.aclose()  # type: ignore[attr-defined]
+        await source.aclose()

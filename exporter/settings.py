@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import re
-from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -55,8 +54,6 @@ CONFIG_ENV: Final = "LETTA_EXPORTER_CONFIG"
 
 DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
 DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318"
-
-_config_file: ContextVar[Path | None] = ContextVar("_config_file", default=None)
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -417,10 +414,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if (path := _config_file.get()) is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        # Flags, then the environment; :meth:`load` adds the TOML file it was given after them.
+        return (init_settings, env_settings)
 
     @classmethod
     def load(cls, *, config_file: Path | str | None = None, **flags: Any) -> Settings:
@@ -441,15 +436,17 @@ class Settings(BaseSettings):
                 raise ConfigError("config file", f"{path} does not exist or is not a file")
         _reject_unknown_env()
         given = {k: v for k, v in flags.items() if v is not None and v != () and v != []}
-        token = _config_file.set(path)
         try:
-            return cls(**given)
+            # The file is passed to this one build explicitly (no state shared between loads):
+            # the usual sources (flags, environment), then the TOML file below them.
+            sources, init_kwargs = cls._settings_init_sources(_init_kwargs=given)
+            if path is not None:
+                sources = (*sources, TomlConfigSettingsSource(cls, toml_file=path))
+            return cls(_build_sources=(sources, init_kwargs))
         except ValidationError as exc:
             raise _config_error(exc, flags=set(given), config_file=path) from None
         except ValueError as exc:  # TOML syntax errors surface as ValueError subclasses
             raise ConfigError(str(path or "config"), str(exc).splitlines()[0]) from None
-        finally:
-            _config_file.reset(token)
 
     # --- derived values ----------------------------------------------------------------
     @property

@@ -15,42 +15,26 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from .errors import ExporterError
+from ._ratelimit import RateLimitedLog
+from ._retry import Jitter, backoff_delay
+from .errors import Stopped, UndeliveredError
 from .sink import Delivery, deliver, spans_to_otlp_json
 from .telemetry import DeadLetter, Metrics
 
-__all__ = ["ExportSummary", "RateLimitedLog", "Shipper", "Stopped", "UndeliveredError"]
+__all__ = ["ExportSummary", "Shipper", "Stopped", "UndeliveredError", "wait_or_stop"]
 
 _logger = logging.getLogger(__name__)
 
-_LOG_EVERY: Final = 60.0  # seconds between repeats of the same failure log
 MAX_NAMED_FAILURES: Final = 100
-
-
-class Stopped(Exception):  # noqa: N818 - a signal, not an error
-    """Shutdown was requested while a batch was still undelivered."""
-
-
-class UndeliveredError(ExporterError):
-    """The collector did not accept a batch before the one-shot deadline.
-
-    Args:
-        trace_ids: the provider trace ids (or step ids) in the batch.
-        reason: the last failure.
-    """
-
-    def __init__(self, trace_ids: Sequence[str], reason: str) -> None:
-        shown = ", ".join(trace_ids[:5]) + (" ..." if len(trace_ids) > 5 else "")
-        super().__init__(f"{len(trace_ids)} traces not delivered ({reason}): {shown}")
-        self.trace_ids = list(trace_ids)
-        self.reason = reason
+#: How many times the computed backoff cap a collector's Retry-After may ask for.
+_RETRY_AFTER_FACTOR: Final = 4.0
 
 
 @dataclass(slots=True)
@@ -110,23 +94,6 @@ class ExportSummary:
         }
 
 
-class RateLimitedLog:
-    """Logs a repeated failure once a minute at WARNING, and at DEBUG in between."""
-
-    def __init__(self, logger: logging.Logger, clock: Callable[[], float] = time.monotonic) -> None:
-        self._logger = logger
-        self._clock = clock
-        self._last: dict[str, float] = {}
-
-    def warning(self, key: str, message: str, *args: Any) -> None:
-        now = self._clock()
-        if now - self._last.get(key, -_LOG_EVERY) >= _LOG_EVERY:
-            self._last[key] = now
-            self._logger.warning(message, *args)
-        else:
-            self._logger.debug(message, *args)
-
-
 class Shipper:
     """Sends batches through an exporter until accepted, and books the outcome.
 
@@ -140,6 +107,14 @@ class Shipper:
         retry_max_seconds: longest backoff.
         dry_run: convert but send nothing.
         on_wait: called on every retry (the worker's heartbeat).
+        sleep: waits between attempts (default: :func:`wait_or_stop` on ``stop``; tests pass one
+            that records the waits and returns at once).
+        clock: monotonic seconds for the deadline (tests pass a fake).
+        jitter: the backoff's random draw (tests pass a fixed one).
+
+    Each failed attempt is classified in :meth:`_retryable`: today a delivery is either final
+    (accepted, or refused for good) or worth another try. A later "stop and wait" verdict (a
+    refused credential: keep the batch, do not dead-letter) belongs there.
     """
 
     def __init__(
@@ -154,6 +129,9 @@ class Shipper:
         retry_max_seconds: float = 30.0,
         dry_run: bool = False,
         on_wait: Callable[[], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        jitter: Jitter = random.uniform,
     ) -> None:
         self._exporter = exporter
         self._metrics = metrics
@@ -164,6 +142,9 @@ class Shipper:
         self._max = retry_max_seconds
         self._dry_run = dry_run
         self._on_wait = on_wait
+        self._sleep = sleep
+        self._clock = clock
+        self._jitter = jitter
         self._log = RateLimitedLog(_logger)
 
     async def ship(
@@ -173,12 +154,14 @@ class Shipper:
         summary: ExportSummary,
         *,
         kind: str = "trace",
+        on_wait: Callable[[], None] | None = None,
     ) -> bool:
         """Deliver ``spans`` and count them in ``summary``; True if the collector took them.
 
         ``ids`` name the records in the batch for error messages and the dead-letter file. A
         batch refused for good is dead-lettered and False is returned: the caller may move on,
-        the records are reported, not lost.
+        the records are reported, not lost. ``on_wait`` is called on every retry, beside the
+        shipper's own (a worker's heartbeat).
 
         Raises:
             Stopped: shutdown was requested before the batch was accepted.
@@ -186,7 +169,7 @@ class Shipper:
         """
         if not spans:
             return True
-        delivery = await self._send(spans, ids)
+        delivery = await self._send(spans, ids, on_wait)
         sent = len(spans)
         if delivery.permanent:
             summary.undelivered += sent
@@ -228,24 +211,34 @@ class Shipper:
         self._metrics.last_success.set(time.time())
         return True
 
-    async def _send(self, spans: Sequence[ReadableSpan], ids: Sequence[str]) -> Delivery:
+    async def _send(
+        self,
+        spans: Sequence[ReadableSpan],
+        ids: Sequence[str],
+        on_wait: Callable[[], None] | None,
+    ) -> Delivery:
         if self._dry_run:
             return Delivery(delivered=True)
-        started = time.monotonic()
-        backoff = self._initial
+        started = self._clock()
+        attempt = 0
         while True:
             delivery = await asyncio.to_thread(deliver, self._exporter, spans)
-            if delivery.delivered or delivery.permanent:
+            if not self._retryable(delivery):
                 return delivery
             self._metrics.export_failures.inc()
-            elapsed = time.monotonic() - started
+            elapsed = self._clock() - started
             if self._deadline is not None and elapsed >= self._deadline:
                 raise UndeliveredError(list(ids), delivery.message or "export failed")
-            wait = min(backoff, self._max)
-            if delivery.retry_after is not None:
-                wait = max(wait, min(delivery.retry_after, self._max * 4))
-            wait = random.uniform(wait / 2, wait)
+            wait = backoff_delay(
+                attempt,
+                initial=self._initial,
+                maximum=self._max,
+                retry_after=delivery.retry_after,
+                retry_after_cap=self._max * _RETRY_AFTER_FACTOR,
+                jitter=self._jitter,
+            )
             if self._deadline is not None:
+                # The last try comes at the deadline, even when the collector asked for longer.
                 wait = min(wait, max(0.0, self._deadline - elapsed))
             self._log.warning(
                 "export",
@@ -255,12 +248,21 @@ class Shipper:
                 wait,
             )
             self._metrics.retries.labels(hop="collector").inc()
-            if self._on_wait is not None:
-                self._on_wait()
-            await wait_or_stop(self._stop, wait)
+            for beat in (self._on_wait, on_wait):
+                if beat is not None:
+                    beat()
+            if self._sleep is not None:
+                await self._sleep(wait)
+            else:
+                await wait_or_stop(self._stop, wait)
             if self._stop.is_set():
                 raise Stopped
-            backoff *= 2
+            attempt += 1
+
+    @staticmethod
+    def _retryable(delivery: Delivery) -> bool:
+        """Whether to send the batch again (neither accepted nor refused for good)."""
+        return not (delivery.delivered or delivery.permanent)
 
 
 async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:

@@ -326,6 +326,7 @@ class OtlpReceiver:
         self._fault: _Fault | None = None
         self._partial: _Partial | None = None
         self._delay = 0.0
+        self._working = 0  # requests received and not answered yet (see wait_idle)
         self._required_header: tuple[str, str] | None = None
         self._stopping = threading.Event()
         self._grpc_server: grpc.Server | None = None
@@ -518,6 +519,11 @@ class OtlpReceiver:
         with self._changed:
             return self._changed.wait_for(lambda: self._state.span_count >= count, timeout)
 
+    def wait_idle(self, timeout: float = 10.0) -> bool:
+        """Wait until no request is being worked on (its delay); False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._working == 0, timeout)
+
     def wait_for_requests(self, count: int, timeout: float = 10.0) -> bool:
         """Wait until ``count`` requests arrived (refused ones count); ``False`` on timeout."""
         with self._changed:
@@ -632,6 +638,23 @@ class OtlpReceiver:
         """Decide the answer to one request and store what it accepted."""
         with self._lock:
             delay = self._delay
+            self._working += 1
+        try:
+            return self._answer(protocol, request, headers, delay, content_type, content_encoding)
+        finally:
+            with self._changed:
+                self._working -= 1
+                self._changed.notify_all()
+
+    def _answer(
+        self,
+        protocol: Protocol,
+        request: trace_service_pb2.ExportTraceServiceRequest | None,
+        headers: Mapping[str, str],
+        delay: float,
+        content_type: str | None,
+        content_encoding: str | None,
+    ) -> _Answer:
         if delay and self._stopping.wait(delay):
             # Stopped while "working": the client saw the connection drop, so accept nothing.
             return _Answer(grpc.StatusCode.UNAVAILABLE, 503, "receiver stopped")

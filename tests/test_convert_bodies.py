@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import time
 from datetime import UTC, datetime
 
 import pytest
 from opentelemetry.trace import StatusCode
 
 from exporter.convert import ConvertOptions, TraceContext, build_resource, convert_trace
+from exporter.convert._sanitize import Cleaner
 from exporter.models import ProviderTrace, Step
 from tests.test_convert_properties import assert_valid_span
 
@@ -537,15 +537,31 @@ def test_thousand_levels_of_nesting(mode):
     json.loads(span.attributes["letta.extra.nested_extra.k"])
 
 
-def test_huge_body_with_content_off_is_cheap():
+def test_huge_body_with_content_off_is_cheap(monkeypatch):
     huge = "x" * 5_000_000
     request = {"model": "m", "messages": [{"role": "user", "content": huge}] * 20}
     response = {"choices": [{"message": {"content": huge}, "finish_reason": "stop"}]}
-    started = time.perf_counter()
+    # The work, counted in characters cleaned or serialised (not in seconds).
+    handled = [0]
+    real_dumps, real_text = json.dumps, Cleaner.text
+
+    def counting_dumps(value, *args, **kwargs):
+        text = real_dumps(value, *args, **kwargs)
+        handled[0] += len(text)
+        return text
+
+    def counting_text(self, value):
+        handled[0] += len(value)
+        return real_text(self, value)
+
+    monkeypatch.setattr(json, "dumps", counting_dumps)
+    monkeypatch.setattr(Cleaner, "text", counting_text)
     span = convert(request, response)
-    assert time.perf_counter() - started < 0.05  # nothing walked or serialised
+    assert handled[0] < 10_000  # nothing walked or serialised: 105 MB of content untouched
     assert span.attributes["gen_ai.response.finish_reasons"] == ("stop",)
     full = convert(request, response, options=FULL)
+    assert handled[0] > 5_000_000  # the count does see content when content is on
+    monkeypatch.undo()
     assert len(full.attributes["gen_ai.input.messages"].encode()) <= 16384
 
 

@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from exporter._retry import parse_retry_after
 from exporter.errors import ConfigError, SinkError
 from exporter.settings import Settings
 from exporter.sink import (
@@ -30,11 +31,10 @@ from exporter.sink import (
     OtlpGrpcExporter,
     OtlpHttpExporter,
     OtlpJsonFileExporter,
-    build_exporter,
     deliver,
-    parse_retry_after,
     resolve_grpc_target,
 )
+from exporter.wiring import build_exporter
 from testkit.otlp_receiver import OtlpReceiver
 
 from ._sink_spans import SECRET, ids, make_batch

@@ -20,11 +20,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from exporter import wiring
 from exporter.convert import build_resource, convert_trace
 from exporter.errors import RecordInvalidError, SourceHTTPError
 from exporter.models import ProviderTrace
 from exporter.settings import Settings
-from exporter.source import LettaClient, StepFilter
+from exporter.source import StepFilter
 from exporter.source._http import decode_body
 from exporter.source._transport import BodyTooLargeError
 from testkit import DEEP_LEVELS, BrokenTrace, FakeLetta, LettaStore, OtlpReceiver
@@ -57,7 +58,7 @@ async def gzipping(store: LettaStore) -> AsyncIterator[FakeLetta]:
 async def test_gzipped_traces_are_decoded_on_the_fast_path(
     gzipping: FakeLetta, store: LettaStore
 ) -> None:
-    async with LettaClient.from_settings(_settings(gzipping.url)) as letta:
+    async with wiring.letta_client(_settings(gzipping.url)) as letta:
         assert letta._requester._raw is not None  # the raw GET path is the one under test
         for step_id in store.step_ids():
             trace = await letta.get_trace(step_id)
@@ -72,7 +73,7 @@ async def test_gzipped_traces_are_decoded_on_the_fast_path(
 
 async def test_gzipped_answers_through_httpx_too(gzipping: FakeLetta, store: LettaStore) -> None:
     # Requests with parameters go through httpx.AsyncClient (which decodes by itself).
-    async with LettaClient.from_settings(_settings(gzipping.url)) as letta:
+    async with wiring.letta_client(_settings(gzipping.url)) as letta:
         ids = [s.step.id async for s in letta.discover(StepFilter())]
     assert ids == store.step_ids()
 
@@ -84,7 +85,7 @@ async def test_a_broken_trace_is_that_steps_record_error(
     bad = store.step_ids()[2]
     with FakeLetta(store, flavour="cloud", gzip=True) as letta:
         letta.corrupt_trace(bad, kind)
-        async with LettaClient.from_settings(_settings(letta.url)) as client:
+        async with wiring.letta_client(_settings(letta.url)) as client:
             got: dict[str, str] = {}
             errors: list[RecordInvalidError] = []
             for step_id in store.step_ids():
@@ -126,7 +127,7 @@ async def test_a_corrupt_gzip_body_is_that_steps_record_error(store: LettaStore)
     server = await asyncio.start_server(handler, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        async with LettaClient.from_settings(_settings(f"http://127.0.0.1:{port}")) as client:
+        async with wiring.letta_client(_settings(f"http://127.0.0.1:{port}")) as client:
             with pytest.raises(RecordInvalidError) as raised:
                 await client.get_trace(step_id)
     finally:
@@ -218,7 +219,7 @@ async def test_a_deep_error_body_is_an_http_error_not_a_crash(store: LettaStore)
     with FakeLetta(store, flavour="cloud") as letta:
         letta.fail(500, times=None, path=r"/trace$", body=b'{"detail": ' + nested + b"}")
         letta.fail(404, times=None, path=r"^/v1/steps/[^/]+$", body=nested)
-        async with LettaClient.from_settings(_settings(letta.url)) as client:
+        async with wiring.letta_client(_settings(letta.url)) as client:
             with pytest.raises(SourceHTTPError) as raised:
                 await client.get_trace(store.step_ids()[0])
             assert raised.value.status_code == 500

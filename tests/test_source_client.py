@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 import httpx
 import pytest
 
-from exporter import __version__
+from exporter import __version__, wiring
+from exporter._retry import parse_retry_after
 from exporter.errors import (
     RecordInvalidError,
     SourceConnectionError,
@@ -21,7 +22,6 @@ from exporter.errors import (
 from exporter.models import ProviderTrace
 from exporter.settings import Settings
 from exporter.source import LettaClient, RetryPolicy, StepFilter
-from exporter.source._retry import parse_retry_after
 from testkit import FakeLetta, Fault
 from tests.conftest import LETTA
 
@@ -171,7 +171,7 @@ async def test_from_settings_sends_auth_project_user_and_user_agent(fake):
         request_timeout_seconds=7.5,
         concurrency=3,
     )
-    async with LettaClient.from_settings(settings) as letta:
+    async with wiring.letta_client(settings) as letta:
         for _ in range(5):
             await letta.get_step(STEP)
         assert letta._http.timeout == httpx.Timeout(7.5)
@@ -186,7 +186,7 @@ async def test_from_settings_sends_auth_project_user_and_user_agent(fake):
 
 
 async def test_no_key_no_authorization_header(fake):
-    async with LettaClient.from_settings(settings_for(fake.url)) as letta:
+    async with wiring.letta_client(settings_for(fake.url)) as letta:
         await letta.get_step(STEP)
     headers = fake.requests[0].headers
     assert "authorization" not in headers
@@ -208,7 +208,9 @@ async def test_concurrency_is_bounded(fake):
 async def test_429_with_retry_after_is_honoured(fake, caplog):
     fake.fail(429, times=1, retry_after="0.2", path=r"/trace$")
     caplog.set_level(logging.DEBUG, logger="exporter.source")
-    async with client_for(fake.url) as letta:
+    # A fixed jitter draw of 0: the wait is exactly the server's Retry-After (its floor).
+    exact = RetryPolicy(max_retries=3, initial_backoff=0.01, max_backoff=0.02, jitter=min)
+    async with client_for(fake.url, retry=exact) as letta:
         assert await letta.get_trace(STEP) is not None
         assert letta.stats.retries == 1
         assert letta.stats.requests == 2
@@ -236,7 +238,7 @@ async def test_retries_exhausted_names_url_and_status_never_the_key(fake, caplog
     caplog.set_level(logging.DEBUG)
     fake.fail(503, times=None, body=f'{{"detail": "overloaded, token {KEY}"}}'.encode())
     settings = settings_for(fake.url, letta_api_key=KEY, max_retries=2)
-    async with LettaClient.from_settings(settings) as letta:
+    async with wiring.letta_client(settings) as letta:
         with pytest.raises(SourceHTTPError) as raised:
             await letta.get_step(STEP)
         assert letta.stats.failures == 1
@@ -292,7 +294,7 @@ async def test_stop_interrupts_the_backoff(fake):
 
 
 def test_retry_after_parsing():
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
     assert parse_retry_after("7", now=now) == 7.0
     assert parse_retry_after("0.5", now=now) == 0.5
     assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 GMT", now=now) == 30.0
@@ -306,10 +308,27 @@ def test_backoff_full_jitter_and_caps():
     policy = RetryPolicy(initial_backoff=1.0, max_backoff=4.0)
     for retry in range(8):
         assert 0.0 <= policy.backoff(retry) <= min(4.0, 2.0**retry)
-    assert policy.backoff(0, retry_after=2.5) == 2.5
-    assert policy.backoff(0, retry_after=100.0) == 100.0  # beyond max_backoff: still honoured
-    assert policy.backoff(0, retry_after=10_000.0) == 300.0  # up to five minutes
-    assert RetryPolicy(max_backoff=600).backoff(0, retry_after=10_000.0) == 600.0
+    # Retry-After is a floor; the jitter draw is added on top of it (a fixed draw here).
+    no_jitter = RetryPolicy(initial_backoff=1.0, max_backoff=4.0, jitter=min)
+    assert no_jitter.backoff(0, retry_after=2.5) == 2.5
+    assert no_jitter.backoff(0, retry_after=100.0) == 100.0  # beyond max_backoff: still honoured
+    assert no_jitter.backoff(0, retry_after=10_000.0) == 300.0  # up to five minutes
+    top = RetryPolicy(max_backoff=600, jitter=min)
+    assert top.backoff(0, retry_after=10_000.0) == 600.0
+    for retry in range(8):
+        wait = policy.backoff(retry, retry_after=2.5)
+        assert 2.5 <= wait <= 2.5 + min(4.0, 2.0**retry)  # never before the server allows
+    highest = RetryPolicy(initial_backoff=1.0, max_backoff=4.0, jitter=max)
+    assert highest.backoff(3, retry_after=2.5) == 6.5
+
+
+def test_retry_after_date_without_zone_is_utc():
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC).timestamp()
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30", now=now) == 30.0
+    assert parse_retry_after("Thu, 01 Jan 2026 12:00:30 -0000", now=now) == 30.0
+    assert parse_retry_after("nan") is None
+    assert parse_retry_after("   ") is None
+    assert parse_retry_after("Thu, 99 Foo 2026") is None
 
 
 # ---------------------------------------------------------------------- check
@@ -329,17 +348,17 @@ async def test_check_reports_version_and_discovery(fake):
 async def test_check_says_the_api_key_was_refused(fake):
     fake.api_key = "the-right-key"
     settings = settings_for(fake.url, letta_api_key=KEY)
-    async with LettaClient.from_settings(settings) as letta:
+    async with wiring.letta_client(settings) as letta:
         with pytest.raises(SourceHTTPError) as raised:
             await letta.check()
     assert raised.value.status_code == 401
     assert "API key was refused" in str(raised.value)
     assert KEY not in str(raised.value)
-    async with LettaClient.from_settings(settings_for(fake.url)) as letta:
+    async with wiring.letta_client(settings_for(fake.url)) as letta:
         with pytest.raises(SourceHTTPError, match="wants an API key"):
             await letta.check()
     right = settings_for(fake.url, letta_api_key="the-right-key", discovery="runs")
-    async with LettaClient.from_settings(right) as letta:
+    async with wiring.letta_client(right) as letta:
         assert "runs (set by the discovery setting)" in await letta.check()
 
 
@@ -357,11 +376,16 @@ async def test_bad_resume_position_is_a_source_error(client):
 async def test_a_cancelled_agent_load_does_not_fail_the_others(client, fake):
     fake.slow(0.2, path=r"^/v1/agents/")
     first = asyncio.create_task(client.get_agent(AGENT))
-    await asyncio.sleep(0.05)
+    for _ in range(1000):  # bounded: until the load is on its way to Letta
+        if fake.requests_to(r"^/v1/agents/"):
+            break
+        await asyncio.sleep(0.005)
     second = asyncio.create_task(client.get_agent(AGENT))
-    await asyncio.sleep(0.01)
+    for _ in range(3):
+        await asyncio.sleep(0)  # the second caller joins the load under way
     first.cancel()
     agent = await asyncio.wait_for(second, timeout=10)
     assert agent is not None
     assert agent.id == AGENT
     assert first.cancelled()
+    assert len(fake.requests_to(r"^/v1/agents/")) == 1  # one request served both

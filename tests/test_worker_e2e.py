@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -13,12 +14,10 @@ import pytest
 
 from exporter import wiring
 from exporter.convert import span_id_for, trace_id_for_run
-from exporter.errors import SourceHTTPError
+from exporter.errors import SourceHTTPError, UndeliveredError
 from exporter.settings import Settings
-from exporter.shipping import UndeliveredError
-from exporter.sink import build_exporter
-from exporter.source import LettaClient
 from exporter.telemetry import Metrics
+from exporter.wiring import build_exporter
 from exporter.worker import Worker, in_shard
 from testkit import FakeLetta, LettaStore, OtlpReceiver
 from tests.conftest import LETTA
@@ -67,11 +66,15 @@ def settings_for(
 
 @asynccontextmanager
 async def make_worker(
-    settings: Settings, *, one_shot: bool = True, stop: asyncio.Event | None = None
+    settings: Settings,
+    *,
+    one_shot: bool = True,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> AsyncIterator[Worker]:
     stop = stop or asyncio.Event()
     exporter = build_exporter(settings)
-    async with LettaClient.from_settings(settings, stop=stop) as client:
+    async with wiring.letta_client(settings, stop=stop) as client:
         try:
             yield wiring.build_worker(
                 settings,
@@ -80,6 +83,7 @@ async def make_worker(
                 stop=stop,
                 one_shot=one_shot,
                 metrics=Metrics(),
+                clock=clock,
             )
         finally:
             exporter.shutdown()
@@ -440,14 +444,16 @@ async def test_step_and_run_deleted_meanwhile_do_not_stall_the_sidecar(tmp_path)
     with FakeLetta(store, flavour="cloud") as letta, OtlpReceiver() as rx:
         letta.hold_traces(held)
         settings = settings_for(letta, rx, tmp_path, trace_settle_seconds=0.3)
-        async with make_worker(settings, one_shot=False) as worker:
+        now = [time.time()]
+        async with make_worker(settings, one_shot=False, clock=lambda: now[0]) as worker:
             await worker.run_pass()
             assert list(worker.state.pending) == [held]
             # Both the held step and its run are deleted: 404 from their routes from now on.
             letta.fail(404, times=None, path=rf"^/v1/steps/{held}$")
             letta.fail(404, times=None, path=rf"^/v1/runs/{run}$")
             await worker.run_pass()
-            await asyncio.sleep(0.35)
+            assert list(worker.state.pending) == [held]  # not settled yet
+            now[0] += 0.35  # past the settle time
             summary = await worker.run_pass()
         spans = rx.spans()
     assert summary.missing == 1

@@ -12,9 +12,8 @@ import pytest
 from exporter import wiring
 from exporter.checkpoint import Checkpoint
 from exporter.settings import Settings
-from exporter.sink import build_exporter
-from exporter.source import LettaClient
 from exporter.telemetry import Metrics
+from exporter.wiring import build_exporter
 from testkit import FakeLetta, LettaStore, OtlpReceiver
 
 RUNS = 20
@@ -85,7 +84,7 @@ async def test_runs_are_fetched_once_and_closed_as_discovery_passes_them(
         stop = asyncio.Event()
         exporter = build_exporter(settings)
         try:
-            async with LettaClient.from_settings(settings, stop=stop) as client:
+            async with wiring.letta_client(settings, stop=stop) as client:
                 worker = wiring.build_worker(
                     settings,
                     client=client,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from ._base import DeliveringExporter, Delivery, ExportStats
 from ._console import ConsoleExporter, format_span
-from ._factory import build_exporter, deliver
+from ._factory import deliver
 from ._jsonfile import OtlpJsonFileExporter, otlp_json_to_request, spans_to_otlp_json
 from ._otlp_grpc import OtlpGrpcExporter, resolve_grpc_target
-from ._otlp_http import OtlpHttpExporter, parse_retry_after
+from ._otlp_http import OtlpHttpExporter
 
 __all__ = [
     "ConsoleExporter",
@@ -23,11 +23,9 @@ __all__ = [
     "OtlpGrpcExporter",
     "OtlpHttpExporter",
     "OtlpJsonFileExporter",
-    "build_exporter",
     "deliver",
     "format_span",
     "otlp_json_to_request",
-    "parse_retry_after",
     "resolve_grpc_target",
     "spans_to_otlp_json",
 ]

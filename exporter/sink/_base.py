@@ -20,14 +20,14 @@ from urllib.parse import urlsplit, urlunsplit
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from .._ratelimit import RateLimitedLog
+
 __all__ = ["DeliveringExporter", "Delivery", "ExportStats", "display_url", "one_line"]
 
 _logger = logging.getLogger(__name__)
 
 #: Seconds during which an identical failure message is logged only once.
 DEFAULT_LOG_INTERVAL: Final = 60.0
-#: Distinct failure messages remembered for the rate limit before old ones are forgotten.
-_MAX_REMEMBERED: Final = 256
 #: Header values shorter than this are not scrubbed from messages: they cannot be secrets and
 #: replacing "1" or "on" everywhere would make messages unreadable.
 _MIN_SECRET_LENGTH: Final = 3
@@ -103,18 +103,15 @@ def one_line(text: str, limit: int = 300) -> str:
 
 
 class _FailureLog:
-    """Logs a failure once per interval per distinct message, and the recovery once.
+    """A failure logged once per interval per distinct message, and the recovery once.
 
     Why: the sidecar re-sends a failing batch every few seconds during a collector outage; one
     line a minute with a repeat count is as informative as hundreds of identical lines.
     """
 
     def __init__(self, interval: float, clock: Callable[[], float]) -> None:
-        self._interval = interval
-        self._clock = clock
+        self._log = RateLimitedLog(_logger, interval=interval, clock=clock, count_repeats=True)
         self._lock = threading.Lock()
-        self._last_logged: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
         self._failing = False
 
     def failure(self, message: str, *, level: int, failed: bool = True) -> None:
@@ -123,29 +120,9 @@ class _FailureLog:
         ``failed=False`` marks a warning that is not a failure (a partial success): it needs no
         "succeeded again" line afterwards.
         """
-        now = self._clock()
         with self._lock:
             self._failing = self._failing or failed
-            last = self._last_logged.get(message)
-            if last is not None and now - last < self._interval:
-                self._suppressed[message] = self._suppressed.get(message, 0) + 1
-                return
-            repeated = self._suppressed.pop(message, 0)
-            if len(self._last_logged) >= _MAX_REMEMBERED:
-                # Messages carry server text that may vary; never let the memory grow.
-                self._last_logged = {
-                    m: t for m, t in self._last_logged.items() if now - t < self._interval
-                }
-                self._suppressed = {
-                    m: n for m, n in self._suppressed.items() if m in self._last_logged
-                }
-            self._last_logged[message] = now
-        if repeated:
-            _logger.log(
-                level, "%s (and %d more times in the last %.0fs)", message, repeated, self._interval
-            )
-        else:
-            _logger.log(level, "%s", message)
+        self._log.log(message, level, "%s", message)
 
     def success(self, target: str) -> None:
         """Log the first success after failures."""
@@ -153,8 +130,7 @@ class _FailureLog:
             if not self._failing:
                 return
             self._failing = False
-            self._last_logged.clear()
-            self._suppressed.clear()
+        self._log.reset()
         _logger.info("export to %s succeeded again", target)
 
 

@@ -220,7 +220,6 @@ class OtlpGrpcExporter(DeliveringExporter):
             raise ConfigError("otlp_compression", f"expected gzip or none, not {compression!r}")
         if timeout <= 0:
             raise ConfigError("otlp_timeout_ms", "must be greater than 0")
-        self._grpc_target = target
         self._secure = secure
         self._metadata = headers_to_metadata(headers)
         self._timeout = timeout

@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import re
-import time
 from collections.abc import Mapping, Sequence
-from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
 from typing import Final, Literal
@@ -29,12 +26,13 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.sdk.trace import ReadableSpan
 
 from .. import __version__
+from .._retry import parse_retry_after
 from ..errors import ConfigError
 from ._base import DEFAULT_LOG_INTERVAL, DeliveringExporter, Delivery, display_url, one_line
 from ._encode import SpanEncoder
 from ._tls import TlsFiles
 
-__all__ = ["OtlpHttpExporter", "parse_retry_after"]
+__all__ = ["OtlpHttpExporter"]
 
 DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318/v1/traces"
 
@@ -55,34 +53,6 @@ _TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _RESERVED: Final[frozenset[str]] = frozenset(
     {"content-type", "content-encoding", "content-length", "host", "transfer-encoding"}
 )
-
-
-def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
-    """Seconds to wait from an HTTP ``Retry-After`` value (delay-seconds or HTTP-date).
-
-    Args:
-        value: the header value, or ``None`` when absent.
-        now: the current Unix time for the HTTP-date form (default: the clock).
-
-    Returns:
-        Non-negative seconds, or ``None`` when absent or unreadable.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        pass
-    else:
-        return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(when.timestamp() - (time.time() if now is None else now), 0.0)
 
 
 def is_retryable_status(status_code: int) -> bool:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Literal, TypeVar
+from typing import Final, Literal, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict
 
 from .. import __version__
+from .._singleflight import SingleFlight
 from ..errors import RecordInvalidError, SourceHTTPError, SourceResponseError
 from ..models import (
     Agent,
@@ -28,11 +28,8 @@ from ..models import (
 from ._discovery import Discovery, DiscoveryMode
 from ._http import Requester, safe_url
 from ._retry import RetryPolicy, SourceStats
-from ._transport import LeanTransport, lean_transport_applies
+from ._transport import LeanTransport
 from ._types import DiscoveredStep, StepFilter
-
-if TYPE_CHECKING:
-    from ..settings import Settings
 
 __all__ = ["USER_AGENT", "LettaClient"]
 
@@ -88,53 +85,7 @@ class LettaClient:
             http, retry=retry, concurrency=concurrency, stop=stop, lean=lean
         )
         self._discovery = Discovery(self._requester, page_size=page_size, mode=discovery)
-        self._agents: OrderedDict[str, Agent | None] = OrderedDict()
-        self._agent_loads: dict[str, asyncio.Future[Agent | None]] = {}
-
-    @classmethod
-    def from_settings(cls, settings: Settings, *, stop: asyncio.Event | None = None) -> LettaClient:
-        """Build the client and its httpx pool from the settings.
-
-        Sends ``Authorization: Bearer <key>`` only when a key is set, ``X-Project-Id`` and the
-        ``user_id`` header when set, a ``User-Agent`` naming this exporter, and keeps up to
-        ``concurrency`` connections alive for reuse. Requests go through the lean keep-alive
-        transport (a third of httpcore's CPU per request) unless a proxy is configured.
-        """
-        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
-        if settings.letta_api_key is not None:
-            headers["Authorization"] = f"Bearer {settings.letta_api_key.get_secret_value()}"
-        if settings.project_id:
-            headers["X-Project-Id"] = settings.project_id
-        if settings.letta_user_id:
-            headers["user_id"] = settings.letta_user_id
-        lean = (
-            LeanTransport(max_keepalive=settings.concurrency)
-            if lean_transport_applies(settings.letta_base_url)
-            else None
-        )
-        http = httpx.AsyncClient(
-            base_url=settings.letta_base_url,
-            headers=headers,
-            timeout=httpx.Timeout(settings.request_timeout_seconds),
-            limits=httpx.Limits(
-                max_connections=settings.concurrency,
-                max_keepalive_connections=settings.concurrency,
-            ),
-            transport=lean,
-        )
-        return cls(
-            http,
-            retry=RetryPolicy(
-                max_retries=settings.max_retries,
-                initial_backoff=settings.retry_backoff_initial_seconds,
-                max_backoff=settings.retry_backoff_max_seconds,
-            ),
-            concurrency=settings.concurrency,
-            page_size=settings.page_size,
-            discovery=settings.discovery,
-            stop=stop,
-            lean=lean,
-        )
+        self._agents: SingleFlight[str, Agent | None] = SingleFlight(max_size=_AGENT_CACHE_SIZE)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -244,38 +195,12 @@ class LettaClient:
 
         Concurrent calls for one id share a single request.
         """
-        if agent_id in self._agents:
-            self._agents.move_to_end(agent_id)
-            return self._agents[agent_id]
-        if (loading := self._agent_loads.get(agent_id)) is not None:
-            try:
-                return await asyncio.shield(loading)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if not loading.cancelled() or (task is not None and task.cancelling()):
-                    raise
-                # The caller that was loading it was cancelled, not us: load it ourselves.
-                return await self.get_agent(agent_id)
-        future: asyncio.Future[Agent | None] = asyncio.get_running_loop().create_future()
-        self._agent_loads[agent_id] = future
-        try:
-            agent = await self._requester.get_parsed(
-                f"/v1/agents/{agent_id}", _parser(Agent), missing_ok=True
-            )
-        except asyncio.CancelledError:
-            future.cancel()
-            raise
-        except BaseException as exc:
-            future.set_exception(exc)
-            future.exception()  # mark it retrieved: there may be no waiter
-            raise
-        finally:
-            del self._agent_loads[agent_id]
-        future.set_result(agent)
-        self._agents[agent_id] = agent
-        while len(self._agents) > _AGENT_CACHE_SIZE:
-            self._agents.popitem(last=False)
-        return agent
+        return await self._agents.get(agent_id, partial(self._load_agent, agent_id))
+
+    async def _load_agent(self, agent_id: str) -> Agent | None:
+        return await self._requester.get_parsed(
+            f"/v1/agents/{agent_id}", _parser(Agent), missing_ok=True
+        )
 
     async def check(self) -> str:
         """Ask Letta whether it is there and the key works; say what was found, in one line.

@@ -21,6 +21,26 @@ Events:
   holds); the sidecar ships what it holds and goes on reading (the source itself waits: a poll
   interval, new journal entries, new rows).
 
+Two more events serve a source that keeps state beside its cursor (the API source); a source
+with only a cursor never needs them:
+
+* :class:`Awaiting`: a step whose trace is not written yet (Letta writes traces after the step).
+  The worker keeps it in the checkpoint's ``pending`` set once the batch it rode in is
+  delivered; the source asks again on its next pass and yields :class:`Found` or
+  :class:`Missing` for it then.
+* :class:`Skipped`: a record this replica does not export (another shard's, or one delivered
+  already): it only moves the cursor (and, for a step of a run this shard owns, counts the step
+  into the run's parent span).
+
+Each event may say ``fresh=False``: the source asks again about a record it yielded before (a
+trace that was pending); the worker does not count it as newly discovered.
+
+Run parent spans: the worker ships a run's ``invoke_agent`` span when the run is over. A source
+that knows run statuses (a :class:`Found` with ``run``) gets today's rule: finished, and the
+source has gone past its last step. A source that knows no status (the socket) gets the idle
+rule: no step of the run for ``run_idle_seconds``. A one-shot export ships every open run at
+its end.
+
 Errors that are not one record's fault (Letta unreachable, a refused credential, a lost database
 connection) are raised as :class:`~exporter.errors.SourceError` from ``read``; the sidecar backs
 off and reads again from the last saved position, the one-shot job exits 1 naming the cause.
@@ -34,7 +54,16 @@ from typing import Protocol
 
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
 
-__all__ = ["CaughtUp", "Event", "Found", "Missing", "Source", "Unreadable"]
+__all__ = [
+    "Awaiting",
+    "CaughtUp",
+    "Event",
+    "Found",
+    "Missing",
+    "Skipped",
+    "Source",
+    "Unreadable",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +76,7 @@ class Found:
         position: where to resume after this event; ``None`` when the event moves no cursor.
         origin: the source's name (``api``, ``file``, ``socket``, ``postgres``), for metrics and
             for the spans' ``letta.source.kind``-style provenance.
+        fresh: False when the source asks again about a record it yielded before.
     """
 
     trace: ProviderTrace
@@ -56,6 +86,7 @@ class Found:
     agent: Agent | None = None
     position: str | None = None
     origin: str = ""
+    fresh: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +98,9 @@ class Missing:
     agent_id: str | None = None
     reason: str = "no_trace"
     position: str | None = None
+    step: Step | None = None
+    run: Run | None = None
+    fresh: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +114,9 @@ class Unreadable:
         detail: one line a person can act on (never a secret).
         raw: the bytes as received, for the dead-letter file (``None`` when there are none).
         position: where to resume after it.
+        step: the step the record belongs to, when the source knows it.
+        record_kind: what ``record_id`` names (``step``, ``trace``, ``record``): the dead-letter
+            line's key is ``<record_kind>_id``.
     """
 
     record_id: str | None
@@ -87,6 +124,50 @@ class Unreadable:
     detail: str
     raw: bytes | None = None
     position: str | None = None
+    step: Step | None = None
+    fresh: bool = True
+    record_kind: str = "record"
+
+
+@dataclass(frozen=True, slots=True)
+class Awaiting:
+    """A step whose trace is not written yet: kept pending, asked again on the next pass.
+
+    Args:
+        step_id: the step.
+        first_seen: when it was first seen without a trace (Unix seconds).
+        attempts: how many times it was asked.
+        run_id, agent_id: what the step names.
+        position: where to resume after it.
+        step, run: the records, when known.
+    """
+
+    step_id: str
+    first_seen: float
+    attempts: int = 1
+    run_id: str | None = None
+    agent_id: str | None = None
+    position: str | None = None
+    step: Step | None = None
+    run: Run | None = None
+    fresh: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A record this replica does not export (another shard's, or delivered before).
+
+    Args:
+        step_id: the step.
+        position: where to resume after it.
+        step: the step, when known.
+        seen: delivered before (a step listed twice); False: another shard's.
+    """
+
+    step_id: str
+    position: str | None = None
+    step: Step | None = None
+    seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +177,7 @@ class CaughtUp:
     position: str | None = None
 
 
-Event = Found | Missing | Unreadable | CaughtUp
+Event = Found | Missing | Unreadable | CaughtUp | Awaiting | Skipped
 
 
 class Source(Protocol):

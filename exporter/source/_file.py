@@ -17,7 +17,8 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Callable, Generator, Iterator
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -36,8 +37,9 @@ from ..models import (
     load_json,
     parse_record,
 )
+from ._contract import CaughtUp, Event, Found, Unreadable
 
-__all__ = ["TraceFileReader", "TraceRecord", "read_trace_file"]
+__all__ = ["FileSource", "TraceFileReader", "TraceRecord", "read_trace_file"]
 
 _logger = logging.getLogger(__name__)
 
@@ -346,3 +348,79 @@ def _explain(raw: bytes, where: str) -> RecordInvalidError:
         field = f"{prefix}{inner.field}" if inner.field else (prefix.rstrip(".") or None)
         return RecordInvalidError(inner.kind, inner.record_id, field, f"{inner.message} in {where}")
     return RecordInvalidError("ProviderTrace", None, None, f"unreadable record in {where}")
+
+
+class FileSource:
+    """A file of ProviderTraces as a :class:`~exporter.source.Source`.
+
+    Every trace is a :class:`Found` (with the step, metrics, run and agent recorded beside it, if
+    any),
+    every damaged record an :class:`Unreadable` (reason ``invalid``), in file order, then
+    :class:`CaughtUp`. The position is the number of records handled, so ``resume`` skips that
+    many. A file does not grow while it is read: ``follow`` ends at :class:`CaughtUp` too. The
+    file is read on the event loop (it is local and read ahead by the OS).
+
+    Args:
+        path: the file, or ``-`` for standard input.
+    """
+
+    name = "file"
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = path
+        self._reader: TraceFileReader | None = None
+
+    def stream_key(self) -> str:
+        return f"file:{self._path}"
+
+    async def read(self, *, resume: str | None, follow: bool) -> AsyncIterator[Event]:
+        """Events in file order, after the first ``resume`` records.
+
+        Raises:
+            SourceError: the file cannot be opened or read.
+        """
+        skip = int(resume) if resume else 0
+        errors: deque[RecordInvalidError] = deque()
+        reader = TraceFileReader(self._path, on_invalid=errors.append)
+        self._reader = reader
+        handled = 0
+        try:
+            for record in reader.with_context():
+                while errors:
+                    handled += 1
+                    if handled > skip:
+                        yield self._unreadable(errors.popleft(), handled)
+                    else:
+                        errors.popleft()
+                handled += 1
+                if handled > skip:
+                    yield Found(
+                        trace=record.trace,
+                        step=record.step,
+                        metrics=record.metrics,
+                        run=record.run,
+                        agent=record.agent,
+                        position=str(handled),
+                        origin=self.name,
+                    )
+            while errors:
+                handled += 1
+                error = errors.popleft()
+                if handled > skip:
+                    yield self._unreadable(error, handled)
+        finally:
+            reader.close()
+        yield CaughtUp(position=str(handled))
+
+    @staticmethod
+    def _unreadable(error: RecordInvalidError, handled: int) -> Unreadable:
+        return Unreadable(
+            record_id=error.record_id,
+            reason="invalid",
+            detail=str(error),
+            position=str(handled),
+        )
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.close()

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Final, TypeVar
@@ -19,9 +18,11 @@ from urllib.parse import quote
 
 import httpx
 
+from .._ratelimit import RateLimitedLog
+from .._retry import parse_retry_after
 from ..errors import RecordInvalidError, SourceConnectionError, SourceHTTPError, SourceResponseError
 from ..models import load_json
-from ._retry import RetryPolicy, SourceStats, is_retryable, parse_retry_after
+from ._retry import RetryPolicy, SourceStats, is_retryable
 from ._transport import BodyTooLargeError, LeanTransport
 
 __all__ = ["Params", "Requester", "safe_url"]
@@ -85,7 +86,7 @@ class Requester:
         self._secrets = _bearer_secrets(http)
         self._raw = _RawGets.of(http, lean)
         self._has_key = bool(self._secrets) and "authorization" in http.headers
-        self._last_retry_warning = -_RETRY_LOG_INTERVAL
+        self._retry_log = RateLimitedLog(_logger, interval=_RETRY_LOG_INTERVAL)
 
     def scrub(self, text: str) -> str:
         """``text`` with the API key (should a server ever echo it) blanked out."""
@@ -237,13 +238,10 @@ class Requester:
         """Wait ``delay`` seconds unless shutdown is requested first; True when it was."""
         if self._stop.is_set():
             return True
-        started = time.monotonic()
         try:
             await asyncio.wait_for(self._stop.wait(), timeout=delay)
         except TimeoutError:
             return False
-        finally:
-            self.stats.backoff_seconds += time.monotonic() - started
         return True
 
     def _detail(self, response: httpx.Response) -> str | None:
@@ -267,13 +265,8 @@ class Requester:
         return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 3] + "..."
 
     def _log_retry(self, error: Exception, retry: int, delay: float) -> None:
-        now = time.monotonic()
-        level = logging.DEBUG
-        if now - self._last_retry_warning >= _RETRY_LOG_INTERVAL:
-            self._last_retry_warning = now
-            level = logging.WARNING
-        _logger.log(
-            level, "%s; retry %d of %d in %.2fs", error, retry, self.retry.max_retries, delay
+        self._retry_log.warning(
+            "retry", "%s; retry %d of %d in %.2fs", error, retry, self.retry.max_retries, delay
         )
 
 

@@ -69,10 +69,6 @@ class RunLookup:
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def forget(self, run_id: str) -> None:
-        """Drop a run, so the next ``get`` asks Letta again (its status may have changed)."""
-        self._cache.pop(run_id, None)
-
     async def get(self, run_id: str, *, not_after: datetime | None = None) -> Run | None:
         """The run, or None when Letta does not know it (deleted).
 

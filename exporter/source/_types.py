@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..models import Run, Step
 
-__all__ = ["DiscoveredStep", "StepFilter"]
+__all__ = ["DiscoveredStep", "StepFilter", "in_shard"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,3 +46,11 @@ class DiscoveredStep:
     step: Step
     position: str
     run: Run | None = None
+
+
+def in_shard(record_id: str, shard: tuple[int, int] | None) -> bool:
+    """Whether this replica owns the record: a stable hash of the id modulo the replica count."""
+    if shard is None:
+        return True
+    index, count = shard
+    return zlib.crc32(record_id.encode()) % count == index
