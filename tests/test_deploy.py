@@ -913,7 +913,7 @@ def test_example_toml_commented_values_are_valid(tmp_path: Path) -> None:
 
 def test_example_toml_keeps_secrets_commented() -> None:
     data = tomllib.loads(EXAMPLE_TOML.read_text(encoding="utf-8"))
-    for field in ("letta_api_key", "otlp_headers"):
+    for field in ("letta_api_key", "otlp_headers", "database_url"):
         assert field not in data
         assert key_line(field)[1]
 
