@@ -15,6 +15,7 @@ from enum import Enum
 from opentelemetry.sdk.trace import ReadableSpan
 
 from .checkpoint import OpenRun, PendingStep, StreamState
+from .convert import RunSummary
 
 __all__ = ["Batch", "Entry", "Kind", "apply_delivered"]
 
@@ -40,6 +41,7 @@ class Entry:
     span_index: int | None = None  # into the batch's spans (``Kind.SPAN``)
     trace_id: str | None = None
     pending: PendingStep | None = None  # ``Kind.AWAITING``
+    summary: RunSummary | None = None  # ``Kind.SPAN`` with a run: what the call tells the run
 
 
 @dataclass(slots=True)
@@ -93,7 +95,11 @@ def apply_delivered(
             continue
         if entry.span_index is not None and entry.run_id and owns_run(entry.run_id):
             span = batch.spans[entry.span_index]
-            _open(state, entry).add(step_id, span.start_time, span.end_time)
+            run = _open(state, entry)
+            # A step delivered again (asked again by the source) is in the summary already.
+            if entry.summary is not None and step_id not in run.step_ids:
+                run.summarize(entry.summary)
+            run.add(step_id, span.start_time, span.end_time)
     if batch.last_position is not None:
         state.cursor = batch.last_position
     state.delivered += len(batch.spans)

@@ -20,7 +20,10 @@ resuming each other's cursors. A stream holds:
   asked again on later passes until they settle;
 * ``open_runs``: runs with delivered steps whose ``invoke_agent`` parent span is not emitted yet,
   with the time range of their spans and the ids of the steps delivered (so a run that is still
-  going neither loses nor re-exports steps).
+  going neither loses nor re-exports steps), and what their delivered calls said (a
+  :class:`~exporter.convert.RunSummary`: the run's input and answer, failed calls), so a run span
+  shipped after a restart says the same as one shipped without it. A state file written before
+  summaries were kept loads with none.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -40,6 +43,7 @@ try:
 except ImportError:  # not on Windows: one process per state file there
     fcntl = None  # type: ignore[assignment]
 
+from .convert import RunSummary
 from .errors import CheckpointError
 
 __all__ = ["Checkpoint", "OpenRun", "PendingStep", "StreamState", "stream_key"]
@@ -67,6 +71,7 @@ class OpenRun:
     last_end_ns: int | None = None
     step_ids: list[str] = field(default_factory=list)
     last_step_id: str | None = None
+    summary: RunSummary | None = None
 
     def add(self, step_id: str, start_ns: int | None, end_ns: int | None) -> None:
         """Record a delivered step of this run and widen the run's time range."""
@@ -79,6 +84,10 @@ class OpenRun:
             )
         if end_ns is not None:
             self.last_end_ns = end_ns if self.last_end_ns is None else max(self.last_end_ns, end_ns)
+
+    def summarize(self, call: RunSummary) -> None:
+        """Fold one delivered call's summary into the run's."""
+        self.summary = call if self.summary is None else self.summary.merge(call)
 
 
 @dataclass(slots=True)
@@ -109,6 +118,7 @@ class StreamState:
                     "last_end_ns": v.last_end_ns,
                     "step_ids": v.step_ids,
                     "last_step_id": v.last_step_id,
+                    "summary": None if v.summary is None else asdict(v.summary),
                 }
                 for k, v in self.open_runs.items()
             },
@@ -138,10 +148,42 @@ class StreamState:
                     last_end_ns=v.get("last_end_ns"),
                     step_ids=list(v.get("step_ids") or []),
                     last_step_id=v.get("last_step_id"),
+                    summary=_summary_from_json(v.get("summary")),
                 )
                 for k, v in (data.get("open_runs") or {}).items()
             },
         )
+
+
+_JSON_TYPES: Final[dict[str, type]] = {"str": str, "int": int, "bool": bool}
+#: Each summary field's JSON type and whether it may be null (from its annotation).
+_SUMMARY_FIELDS: Final = {
+    f.name: (_JSON_TYPES[str(f.type).split(" | ")[0]], "None" in str(f.type))
+    for f in fields(RunSummary)
+}
+
+
+def _summary_from_json(data: Any) -> RunSummary | None:
+    """A stored run summary; None when there is none (an older state file) or it is unreadable.
+
+    A summary only enriches the run span (its input, answer and error), so one that cannot be
+    read is dropped rather than making the whole state file unreadable. Fields a newer version
+    wrote are ignored.
+    """
+    if not isinstance(data, dict):
+        return None
+    values: dict[str, Any] = {}
+    for name, (kind, nullable) in _SUMMARY_FIELDS.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if value is None and nullable:
+            values[name] = None
+        elif type(value) is kind:  # bool is not an int here, nor an int a bool
+            values[name] = value
+        else:
+            return None
+    return RunSummary(**values)
 
 
 def stream_key(**parts: Any) -> str:

@@ -35,6 +35,7 @@ from .errors import (
     Stopped,
     UndeliveredError,
 )
+from .genai_metrics import GenAIMetrics
 from .progress import ExportProgress, count_records
 from .replay import ReplayOptions, export_file
 from .settings import Settings
@@ -241,7 +242,9 @@ async def _run(settings: Settings) -> int:
     probe_state(settings.state_path)  # before anything is sent
     exporter = wiring.build_exporter(settings)
     health: HealthServer | None = None
+    genai: GenAIMetrics | None = None
     try:
+        genai = _genai_metrics(settings, dry_run=False)
         async with wiring.letta_client(settings, stop=stop) as client:
             worker = wiring.build_worker(
                 settings,
@@ -250,6 +253,7 @@ async def _run(settings: Settings) -> int:
                 stop=stop,
                 one_shot=False,
                 metrics=metrics,
+                genai=genai,
             )
             stall = max(120.0, settings.poll_interval_seconds * 4)
             if settings.health_port:
@@ -297,6 +301,7 @@ async def _run(settings: Settings) -> int:
     finally:
         if health is not None:
             health.stop()
+        await _shutdown_genai(genai)
         exporter.shutdown()
 
 
@@ -331,6 +336,7 @@ async def _export(
     metrics = Metrics()
     result = _ExportResult(ExportSummary())
     exporter = None
+    genai: GenAIMetrics | None = None
     total = None
     if settings.source == "file" and settings.input is not None:
         total = count_records(settings.input)
@@ -344,6 +350,7 @@ async def _export(
         if settings.source == "letta" and not dry_run:
             probe_state(settings.state_path)  # before anything is sent
         exporter = wiring.build_exporter(settings)
+        genai = _genai_metrics(settings, dry_run=dry_run)
         with progress:
             if settings.source == "file":
                 assert settings.input is not None
@@ -355,6 +362,7 @@ async def _export(
                     stop=stop,
                     deadline_seconds=settings.export_deadline_seconds,
                     dry_run=dry_run,
+                    genai=genai,
                 )
                 result.summary = await export_file(
                     settings.input,
@@ -378,6 +386,7 @@ async def _export(
                         metrics=metrics,
                         on_progress=progress.update,
                         dead_letter=dead_letter,
+                        genai=genai,
                     )
                     resumed = worker.state.cursor is not None
                     try:
@@ -400,11 +409,40 @@ async def _export(
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
+        await _shutdown_genai(genai)
         if exporter is not None:
             exporter.shutdown()
     for warning in result.warnings:
         _logger.warning("%s", warning)
     return result
+
+
+def _genai_metrics(settings: Settings, *, dry_run: bool) -> GenAIMetrics | None:
+    """The GenAI metrics when they are on (none in a dry run: nothing is delivered).
+
+    An optional signal never stops the traces: a ledger that cannot be read is one warning,
+    and the export goes on without metrics.
+
+    Raises:
+        ConfigError: a bad endpoint, header or TLS file (as for the traces).
+    """
+    if dry_run:
+        return None
+    try:
+        return wiring.genai_metrics(settings, wiring.resource(settings))
+    except OSError as exc:
+        _logger.warning(
+            "GenAI metrics off: cannot read the metrics ledger %s (%s); traces go on",
+            settings.metrics_ledger_path,
+            exc.strerror or exc,
+        )
+        return None
+
+
+async def _shutdown_genai(genai: GenAIMetrics | None) -> None:
+    """Export what the metrics hold and stop them (off the event loop: it sends)."""
+    if genai is not None:
+        await asyncio.to_thread(genai.shutdown)
 
 
 def _replay_options(settings: Settings, shift_to_now: bool) -> ReplayOptions:

@@ -14,7 +14,8 @@ from opentelemetry.sdk.resources import Resource
 
 from .batch import Batch, Entry, Kind
 from .checkpoint import PendingStep
-from .convert import ConvertOptions, TraceContext, convert_trace
+from .convert import ConvertOptions, TraceContext, convert_trace, needs_run_span, summarize_call
+from .notes import ConversionNotes
 from .run_tracking import LocalRuns, RunTracker
 from .shipping import ExportSummary
 from .source import Awaiting, CaughtUp, Event, Found, Missing, Skipped, Unreadable
@@ -57,6 +58,7 @@ class Intake:
         self._owns_run = owns_run
         self._order = order
         self._local = local
+        self._notes = ConversionNotes(_logger)
 
     def handle(self, event: Event, batch: Batch, summary: ExportSummary) -> None:
         """Put one event into ``batch`` (counting it in ``summary``)."""
@@ -101,17 +103,23 @@ class Intake:
             self._local.remember(event.run, event.agent)
         context = TraceContext(step=step, metrics=event.metrics, run=event.run, agent=event.agent)
         span = convert_trace(trace, context, options=self._convert, resource=self._resource)
+        step_id = (step.id if step else None) or trace.step_id or trace.id or ""
+        self._notes.log(span, trace.id or step_id)
+        # A call that hangs under no run span (a compaction with no agent) opens no run.
         run_id = trace.run_id or (step.run_id if step else None)
+        if run_id and not needs_run_span(trace, context):
+            run_id = None
         if run_id:
             self._tracker.seen(run_id)
         batch.entries.append(
             Entry(
-                (step.id if step else None) or trace.step_id or trace.id or "",
+                step_id,
                 Kind.SPAN,
                 run_id,
                 trace.agent_id or (step.agent_id if step else None),
                 span_index=len(batch.spans),
                 trace_id=trace.id,
+                summary=summarize_call(trace, span, self._convert) if run_id else None,
             )
         )
         batch.spans.append(span)

@@ -108,6 +108,7 @@ class ParentSpans:
             first_start_ns=open_run.first_start_ns,
             last_end_ns=open_run.last_end_ns,
             step_count=len(open_run.step_ids),
+            summary=open_run.summary,
             options=self._convert,
             resource=self._resource,
         )

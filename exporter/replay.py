@@ -20,8 +20,16 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 
 from .checkpoint import OpenRun
-from .convert import ConvertOptions, TraceContext, convert_run, convert_trace
+from .convert import (
+    ConvertOptions,
+    TraceContext,
+    convert_run,
+    convert_trace,
+    needs_run_span,
+    summarize_call,
+)
 from .models import Agent, ProviderTrace, Run
+from .notes import ConversionNotes
 from .shipping import ExportSummary, Shipper
 from .source import CaughtUp, Event, FileSource, Found, TraceRecord, Unreadable
 from .timeshift import shift_record
@@ -102,8 +110,10 @@ async def export_events(
     summary = summary if summary is not None else ExportSummary()
     runs: dict[str, OpenRun] = {}
     agents: dict[str, Agent] = {}
+    run_records: dict[str, Run] = {}
     batch: list[ReadableSpan] = []
     ids: list[str] = []
+    notes = ConversionNotes(_logger)
     async for event in events:
         if isinstance(event, CaughtUp):
             break
@@ -128,10 +138,16 @@ async def export_events(
             agents[trace.agent_id] = record.agent
         batch.append(span)
         ids.append(trace.id or trace.step_id or "")
-        if trace.run_id:
+        notes.log(span, ids[-1])
+        # A call that hangs under no run span (a compaction with no agent) opens no run.
+        if trace.run_id and needs_run_span(trace, context):
             run = runs.setdefault(
                 trace.run_id, OpenRun(run_id=trace.run_id, agent_id=trace.agent_id)
             )
+            if record.run is not None and record.run.id == trace.run_id:
+                run_records[trace.run_id] = record.run
+            if trace.id not in run.step_ids:
+                run.summarize(summarize_call(trace, span, convert_options))
             run.add(trace.id or "", span.start_time, span.end_time)
         if len(batch) >= options.batch_size:
             await shipper.ship(batch, ids, summary)
@@ -142,11 +158,12 @@ async def export_events(
     if options.parents and runs:
         parents = [
             convert_run(
-                Run(id=run.run_id, agent_id=run.agent_id),
+                run_records.get(run.run_id) or Run(id=run.run_id, agent_id=run.agent_id),
                 agent=agents.get(run.agent_id or ""),
                 first_start_ns=run.first_start_ns,
                 last_end_ns=run.last_end_ns,
                 step_count=len(run.step_ids),
+                summary=run.summary,
                 options=convert_options,
                 resource=resource,
             )

@@ -111,6 +111,9 @@ class Shipper:
             that records the waits and returns at once).
         clock: monotonic seconds for the deadline (tests pass a fake).
         jitter: the backoff's random draw (tests pass a fixed one).
+        on_delivered: awaited with each batch the collector accepted, before ``ship`` returns
+            (so before the caller moves the checkpoint): the GenAI metrics. Not called in a dry
+            run, nor for a batch refused for good.
 
     Each failed attempt is classified in :meth:`_retryable`: today a delivery is either final
     (accepted, or refused for good) or worth another try. A later "stop and wait" verdict (a
@@ -132,6 +135,7 @@ class Shipper:
         sleep: Callable[[float], Awaitable[None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Jitter = random.uniform,
+        on_delivered: Callable[[Sequence[ReadableSpan]], Awaitable[None]] | None = None,
     ) -> None:
         self._exporter = exporter
         self._metrics = metrics
@@ -146,6 +150,7 @@ class Shipper:
         self._clock = clock
         self._jitter = jitter
         self._log = RateLimitedLog(_logger)
+        self._on_delivered = on_delivered
 
     async def ship(
         self,
@@ -209,6 +214,8 @@ class Shipper:
             summary.exported += sent
             self._metrics.traces_exported.inc(sent)
         self._metrics.last_success.set(time.time())
+        if self._on_delivered is not None and not self._dry_run:
+            await self._on_delivered(spans)
         return True
 
     async def _send(

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from .checkpoint import Checkpoint, stream_key
@@ -56,6 +57,7 @@ __all__ = [
     "build_shipper",
     "build_worker",
     "convert_options",
+    "delivered_hook",
     "genai_metrics",
     "letta_client",
     "postgres_options",
@@ -256,12 +258,14 @@ def build_shipper(
     dead_letter: DeadLetter,
     deadline_seconds: float | None,
     dry_run: bool = False,
+    genai: GenAIMetrics | None = None,
 ) -> Shipper:
     """The one retry layer of the collector hop, for every command that ships spans.
 
     Args:
         deadline_seconds: None retries forever (the sidecar); else the one-shot deadline
             (``0`` gives up after the first failure: an offline conversion).
+        genai: the GenAI metrics (:func:`genai_metrics`), told of every delivered batch.
     """
     return Shipper(
         exporter=exporter,
@@ -272,7 +276,24 @@ def build_shipper(
         retry_initial_seconds=min(1.0, settings.retry_backoff_initial_seconds * 2),
         retry_max_seconds=settings.retry_backoff_max_seconds,
         dry_run=dry_run,
+        on_delivered=delivered_hook(genai),
     )
+
+
+def delivered_hook(
+    genai: GenAIMetrics | None,
+) -> Callable[[Sequence[ReadableSpan]], Awaitable[None]] | None:
+    """The shipper's ``on_delivered`` for the GenAI metrics: each accepted batch recorded off
+    the event loop (the metrics export and the ledger's fsync block), before the checkpoint
+    moves past it. ``None`` without metrics."""
+    if genai is None:
+        return None
+    metrics = genai
+
+    async def record(spans: Sequence[ReadableSpan]) -> None:
+        await asyncio.to_thread(metrics.record_delivered, spans)
+
+    return record
 
 
 def build_worker(
@@ -287,6 +308,7 @@ def build_worker(
     on_progress: Callable[[ExportSummary], None] | None = None,
     dead_letter: DeadLetter | None = None,
     clock: Callable[[], float] = time.time,
+    genai: GenAIMetrics | None = None,
 ) -> Worker:
     """A worker over the Letta API source, for the sidecar or the one-shot job.
 
@@ -303,6 +325,7 @@ def build_worker(
         dead_letter=dead_letter,
         deadline_seconds=settings.export_deadline_seconds if one_shot else None,
         dry_run=dry_run,
+        genai=genai,
     )
     checkpoint = (_UnsavedCheckpoint if dry_run else Checkpoint)(settings.state_path)
     key = stream(settings, window=one_shot)

@@ -36,9 +36,8 @@ __all__ = [
     "UNPRICED_METRIC",
 ]
 
-#: The span attribute holding a call's price in USD (a float). Point it at the converter's
-#: constant once the converter sets one.
-COST_ATTRIBUTE: Final = "gen_ai.usage.cost"
+#: The span attribute holding a call's price in USD (a float), as the converter sets it.
+COST_ATTRIBUTE: Final = semconv.GEN_AI_USAGE_COST
 
 METER_NAME: Final = semconv.SCOPE_NAME
 
