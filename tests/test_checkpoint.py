@@ -7,8 +7,11 @@ import os
 
 import pytest
 
-from exporter.checkpoint import Checkpoint, OpenRun, PendingStep, stream_key
+from exporter.batch import Batch, Entry, Kind, apply_delivered
+from exporter.checkpoint import Checkpoint, OpenRun, PendingStep, StreamState, stream_key
+from exporter.convert import RunSummary
 from exporter.errors import CheckpointError
+from tests._sink_spans import make_batch
 
 
 def test_round_trip_keeps_cursor_pending_and_open_runs(tmp_path):
@@ -107,3 +110,42 @@ def test_concurrent_saves_from_threads_lose_no_stream(tmp_path):
         thread.join()
     on_disk = Checkpoint(path)
     assert [on_disk.stream(f"s{i}").cursor for i in range(4)] == ["step-19"] * 4
+
+
+def test_open_runs_keep_their_summary_and_old_files_load_without_one(tmp_path):
+    path = tmp_path / "state.json"
+    first = RunSummary(input_text="hi", input_at_ns=10, calls=1, last_at_ns=20, model="m")
+    failed = RunSummary(
+        calls=1, failed_calls=1, last_at_ns=50, last_failed=True, last_error_message="boom"
+    )
+    cp = Checkpoint(path)
+    state = cp.stream("k")
+    batch = Batch()
+    for step_id, summary in (("s1", first), ("s2", failed), ("s1", first)):  # s1 asked again
+        batch.entries.append(Entry(step_id, Kind.SPAN, "run-1", summary=summary, span_index=0))
+    batch.spans.extend(make_batch(1))
+    apply_delivered(batch, state, owns_run=lambda _run: True, on_missing=lambda _e: None)
+    cp.save()
+
+    kept = Checkpoint(path).stream("k").open_runs["run-1"].summary
+    assert kept == first.merge(failed)
+    assert kept is not None
+    assert kept.calls == 2  # the step asked again is not counted twice
+    assert (kept.input_text, kept.last_error_message, kept.model) == ("hi", "boom", "m")
+
+    # A state file from before summaries were kept, one with a damaged summary, one with a
+    # field a newer version added.
+    old = {"agent_id": "a", "first_start_ns": 1, "last_end_ns": 2, "step_ids": ["s"]}
+    loaded = StreamState.from_json(
+        {
+            "open_runs": {
+                "old": old,
+                "bad": old | {"summary": {"calls": "two"}},
+                "newer": old | {"summary": {"calls": 3, "what_is_this": 1}},
+            }
+        }
+    )
+    assert loaded.open_runs["old"].summary is None
+    assert loaded.open_runs["old"].step_ids == ["s"]
+    assert loaded.open_runs["bad"].summary is None
+    assert loaded.open_runs["newer"].summary == RunSummary(calls=3)
