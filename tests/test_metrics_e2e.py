@@ -210,3 +210,20 @@ def test_a_clean_stop_and_restart_of_the_sidecar_count_nothing_twice(tmp_path):
             _out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert counted_calls(rx) == len(step_ids) + len(more)
+
+
+def test_each_shard_of_a_parallel_export_keeps_its_own_ledger(tmp_path):
+    store, step_ids = _backlog(60)
+    with FakeLetta(store, flavour="cloud") as letta, OtlpReceiver() as rx:
+        env = _cli_env(tmp_path, letta, rx, LETTA_EXPORTER_BATCH_SIZE="10")
+        for _ in range(2):  # the second time: nothing new, nothing counted again
+            proc = _start(env, "export", "--json", "--workers", "2")
+            _out, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
+            assert rx.wait_idle(10)
+            assert counted_calls(rx) == len(step_ids)
+    ledgers = sorted(p.name for p in tmp_path.glob("state.json.metrics-ledger*"))
+    assert ledgers == [
+        "state.json.metrics-ledger.shard-0-of-2",
+        "state.json.metrics-ledger.shard-1-of-2",
+    ]
