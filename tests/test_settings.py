@@ -804,3 +804,9 @@ def test_prices_file_is_read_at_load(tmp_path: Path) -> None:
     assert "\n" not in str(error)
     missing = config_error(prices_file=tmp_path / "none.toml")
     assert "cannot read" in missing.message
+
+
+def test_bad_database_url_type_never_echoed(toml) -> None:
+    error = config_error(config_file=toml("database_url = 987654321\n"))
+    assert "database_url" in str(error)
+    assert "987654321" not in "".join(traceback.format_exception(error))
