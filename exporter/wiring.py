@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from opentelemetry.sdk.resources import Resource
@@ -20,6 +20,10 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from .checkpoint import Checkpoint, stream_key
 from .convert import ConvertOptions, build_resource
+from .errors import ConfigError
+from .genai_metrics import GenAIMetrics
+from .journal import JournalOptions
+from .prices import load_price_table
 from .settings import Settings
 from .shipping import ExportSummary, Shipper
 from .sink import (
@@ -29,10 +33,23 @@ from .sink import (
     OtlpHttpExporter,
     OtlpJsonFileExporter,
 )
-from .source import USER_AGENT, ApiSource, LettaClient, RetryPolicy, StepFilter
+from .sink._tls import TlsFiles
+from .source import (
+    USER_AGENT,
+    ApiSource,
+    LettaClient,
+    ListenerOptions,
+    RetryPolicy,
+    SocketSource,
+    SocketStats,
+    StepFilter,
+)
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
 from .worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:  # psycopg is imported only when the database source is used
+    from .source._postgres import PostgresOptions, PostgresSource
 
 _logger = logging.getLogger(__name__)
 
@@ -41,9 +58,13 @@ __all__ = [
     "build_shipper",
     "build_worker",
     "convert_options",
+    "genai_metrics",
     "letta_client",
+    "postgres_options",
+    "postgres_source",
     "resource",
     "sink_target",
+    "socket_source",
     "step_filter",
     "stream",
     "worker_options",
@@ -151,12 +172,17 @@ def build_exporter(settings: Settings) -> DeliveringExporter:
 
 
 def convert_options(settings: Settings) -> ConvertOptions:
-    """The content policy and id options."""
+    """The content policy, id options and the user's prices.
+
+    Raises:
+        ConfigError: the price file can no longer be read (it was checked at load).
+    """
     return ConvertOptions(
         content=settings.content,
         content_max_bytes=settings.content_max_bytes,
         redact_patterns=tuple(settings.redact_patterns),
         join_letta_traces=settings.join_letta_traces,
+        prices=load_price_table(settings.prices_file) if settings.prices_file else None,
     )
 
 
@@ -318,3 +344,94 @@ class _UnsavedCheckpoint(Checkpoint):
 
     def save(self) -> None:
         return
+
+
+def socket_source(settings: Settings, *, stats: SocketStats | None = None) -> SocketSource:
+    """The socket receiver of ``run --socket`` (not started: ``start()`` or ``read()`` listens).
+
+    Raises:
+        ConfigError: no socket is configured.
+    """
+    if settings.socket is None:
+        raise ConfigError("socket", "not set (--socket, LETTA_EXPORTER_SOCKET)")
+    return SocketSource(
+        settings.socket,
+        settings.effective_journal_dir,
+        listener=ListenerOptions(
+            mode=settings.socket_mode_bits,
+            max_record_bytes=settings.socket_max_record_bytes,
+            idle_timeout=settings.socket_idle_timeout,
+        ),
+        journal=JournalOptions(
+            max_bytes=settings.journal_max_bytes,
+            commit_delay=settings.journal_commit_ms / 1000,
+        ),
+        stats=stats,
+    )
+
+
+def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
+    """What the database source reads: the one-shot job's window (``window=True``: ``since``,
+    ``until`` and ``limit``), or the sidecar's (``since`` bounds its first start only).
+
+    Raises:
+        ConfigError: no database URL is configured.
+    """
+    if settings.database_url is None:
+        raise ConfigError(
+            "database_url", "not set (--database-url, LETTA_EXPORTER_DATABASE_URL, LETTA_PG_URI)"
+        )
+    from .source._postgres import PostgresOptions
+
+    return PostgresOptions(
+        dsn=settings.database_url.get_secret_value(),
+        since=settings.since,
+        until=settings.until if window else None,
+        agent_ids=tuple(settings.agent_ids),
+        limit=settings.limit if window else None,
+        shard=settings.shard_spec,
+        key_page=settings.database_key_page,
+        batch=settings.database_batch,
+        statement_timeout=settings.database_statement_timeout,
+        connect_timeout=settings.database_connect_timeout,
+        poll_interval=settings.database_poll_seconds,
+        overlap=settings.database_overlap_seconds,
+    )
+
+
+def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
+    """The database source (``source=postgres``); see :func:`postgres_options`."""
+    from .source._postgres import PostgresSource
+
+    return PostgresSource(postgres_options(settings, window=window))
+
+
+def genai_metrics(settings: Settings, resource: Resource) -> GenAIMetrics | None:
+    """GenAI metrics to the traces' collector (endpoint, protocol, headers, TLS, timeout and
+    compression as for traces), counted once in a ledger beside the state file (one per
+    shard); ``None`` when metrics are off (:attr:`Settings.metrics_enabled`).
+
+    Raises:
+        ConfigError: a bad endpoint, header or TLS file.
+    """
+    if not settings.metrics_enabled:
+        return None
+    tls = TlsFiles.load(
+        certificate_file=settings.otlp_certificate,
+        client_key_file=settings.otlp_client_key,
+        client_certificate_file=settings.otlp_client_certificate,
+    )
+    return GenAIMetrics.from_config(
+        endpoint=settings.otlp_metrics_url,
+        protocol=settings.otlp_protocol,
+        resource=resource,
+        headers=settings.otlp_header_dict(),
+        temporality=settings.metrics_temporality,
+        agent_attribute=settings.metrics_agent_attribute,
+        ledger_path=settings.metrics_ledger_path,
+        timeout=settings.otlp_timeout_ms / 1000,
+        compression=settings.otlp_compression,
+        insecure=settings.otlp_insecure,
+        tls=tls,
+        export_interval_s=settings.metrics_interval_seconds,
+    )
