@@ -5,7 +5,7 @@
 # cluster when none is running (loopback and Unix socket only), makes a role the tests can use
 # (LOGIN CREATEDB, password authentication over 127.0.0.1) and prints the DSN:
 #
-#     eval "$(bash .ci/postgres.sh)"     # exports LETTA_EXPORTER_TEST_PG_DSN
+#     eval "$(bash .ci/postgres.sh)"     # exports EXPORTER_TEST_PG_DSN
 #
 # The role and password are test-only (LETTA_EXPORTER_TEST_PG_ROLE / _PASSWORD override them);
 # the tests create a database of their own per module and drop it afterwards.
@@ -53,4 +53,4 @@ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
 SELECT format('ALTER ROLE %I WITH LOGIN CREATEDB PASSWORD %L', :'role', :'password') \gexec
 SQL
 
-echo "export LETTA_EXPORTER_TEST_PG_DSN=postgresql://$role:$password@127.0.0.1:$port/postgres"
+echo "export EXPORTER_TEST_PG_DSN=postgresql://$role:$password@127.0.0.1:$port/postgres"

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.postgres --traces 100000 --workers 2
     .venv/bin/python -m bench.postgres --traces 100000 --reuse letta_bench   # keep the data
 
-A database of its own (``letta_bench_<hex>`` on the server of ``LETTA_EXPORTER_TEST_PG_DSN`` or
+A database of its own (``letta_bench_<hex>`` on the server of ``EXPORTER_TEST_PG_DSN`` or
 the role ``.ci/postgres.sh`` makes) gets Letta 0.16.8's schema from the recorded dump, then
 ``--traces`` provider traces (2 steps per run, 4 agents) with the recorded fixtures' real body
 shapes, ``request_json`` resized to 20 KB as in :mod:`bench.backlog`, each with its step, step
@@ -49,7 +49,7 @@ USER = "user-00000000-0000-4000-8000-000000000000"
 
 
 def admin_dsn() -> str:
-    return os.environ.get("LETTA_EXPORTER_TEST_PG_DSN") or LOCAL_DSN
+    return os.environ.get("EXPORTER_TEST_PG_DSN") or LOCAL_DSN
 
 
 def generate(dsn: str, traces: int, size: str) -> None:

@@ -72,7 +72,7 @@ Examples:
   letta-otel-exporter check --socket /var/run/telemetry/telemetry.sock
   # Letta's database: reachable, rows in the window, the index that would help
   LETTA_EXPORTER_DATABASE_URL=postgresql://reader:...@db:5432/letta \\
-    letta-otel-exporter check --source postgres --since 7d
+    LETTA_EXPORTER_SINCE=7d letta-otel-exporter check --source postgres
 """
 
 
@@ -284,7 +284,8 @@ def _errors(*, as_json: bool = False) -> Iterator[None]:
         click.echo(f"{type(exc).__name__}: {exc}", err=True)
         if as_json:
             click.echo(json.dumps(_failed_report(f"{type(exc).__name__}: {exc}"), indent=2))
-        sys.exit(EXIT_FAILED)
+        # A database that refuses the credentials or lacks a table is configuration too.
+        sys.exit(EXIT_USAGE if getattr(exc, "configuration", False) else EXIT_FAILED)
 
 
 def _failed_report(error: str) -> dict[str, Any]:

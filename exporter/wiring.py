@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from opentelemetry.sdk.resources import Resource
@@ -45,10 +45,12 @@ from .source import (
     SocketStats,
     StepFilter,
 )
-from .source._postgres import PostgresOptions, PostgresSource
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
 from .worker import Worker, WorkerOptions
+
+if TYPE_CHECKING:  # psycopg is imported only when the database source is used
+    from .source._postgres import PostgresOptions, PostgresSource
 
 _logger = logging.getLogger(__name__)
 
@@ -402,6 +404,8 @@ def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
         raise ConfigError(
             "database_url", "not set (--database-url, LETTA_EXPORTER_DATABASE_URL, LETTA_PG_URI)"
         )
+    from .source._postgres import PostgresOptions
+
     return PostgresOptions(
         dsn=settings.database_url.get_secret_value(),
         since=settings.since,
@@ -420,6 +424,8 @@ def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
 
 def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
     """The database source (``source=postgres``); see :func:`postgres_options`."""
+    from .source._postgres import PostgresSource
+
     return PostgresSource(postgres_options(settings, window=window))
 
 

@@ -1,6 +1,6 @@
 """A real PostgreSQL for the tests: find the server, make a database of its own, load the dump.
 
-The server comes from ``LETTA_EXPORTER_TEST_PG_DSN`` (``.ci/postgres.sh`` prints it), else the
+The server comes from ``EXPORTER_TEST_PG_DSN`` (``.ci/postgres.sh`` prints it), else the
 role that script makes on the local server. Without a server the tests skip with the reason;
 under ``CI=true`` they fail instead (a CI that silently skips them proves nothing).
 """
@@ -24,7 +24,7 @@ LOCAL_DSN = "postgresql://letta_exporter_test:letta_exporter_test@127.0.0.1:5432
 
 def server_dsn() -> str:
     """The maintenance DSN, or skip (fail under CI) with the reason."""
-    dsn = os.environ.get("LETTA_EXPORTER_TEST_PG_DSN") or LOCAL_DSN
+    dsn = os.environ.get("EXPORTER_TEST_PG_DSN") or LOCAL_DSN
     try:
         with psycopg.connect(dsn, connect_timeout=3):
             pass

@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 def test_a_small_postgres_benchmark_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("LETTA_EXPORTER_TEST_PG_DSN", server_dsn())
+    monkeypatch.setenv("EXPORTER_TEST_PG_DSN", server_dsn())
     out = tmp_path / "figures.json"
     code = bench_postgres.main(
         [

@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -72,7 +72,7 @@ class PostgresOptions:
         overlap: seconds behind the database's clock re-read for rows committed late.
     """
 
-    dsn: str
+    dsn: str = field(repr=False)  # holds the password: never in a repr or a log line
     since: datetime | None = None
     until: datetime | None = None
     agent_ids: tuple[str, ...] = ()
