@@ -119,7 +119,11 @@ class Intake:
                 trace.agent_id or (step.agent_id if step else None),
                 span_index=len(batch.spans),
                 trace_id=trace.id,
-                summary=summarize_call(trace, span, self._convert) if run_id else None,
+                summary=(
+                    summarize_call(trace, span, self._convert)
+                    if run_id and self._owns_run(run_id)  # only the run's shard ships its span
+                    else None
+                ),
             )
         )
         batch.spans.append(span)
