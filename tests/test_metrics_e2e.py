@@ -57,9 +57,14 @@ def export(tmp_path: Path, letta: FakeLetta, rx: OtlpReceiver, **overrides: obje
     return code
 
 
-def test_an_export_sends_the_calls_tokens_durations_and_cost_with_their_attributes(tmp_path):
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_an_export_sends_the_calls_tokens_durations_and_cost_with_their_attributes(
+    tmp_path, protocol
+):
     with FakeLetta.from_fixtures(LETTA) as letta, OtlpReceiver() as rx:
-        assert export(tmp_path, letta, rx) == 0
+        endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint
+        code = export(tmp_path, letta, rx, otlp_protocol=protocol, otlp_traces_endpoint=endpoint)
+        assert code == 0
         spans = llm_spans(rx)
         durations, tokens, costs = rx.points(DURATION), rx.points(TOKENS), rx.points(COST)
 
@@ -73,6 +78,7 @@ def test_an_export_sends_the_calls_tokens_durations_and_cost_with_their_attribut
         assert a["gen_ai.request.model"]
         assert "gen_ai.agent.id" not in a  # opt-in
         assert point.resource_attributes["service.name"] == "letta"
+        assert point.protocol == protocol.split("/")[0]
     # The failed calls are timed under their error type.
     assert sum(p.count for p in durations if "error.type" in p.attributes) == sum(
         1 for s in spans.values() if s.span.status.code == 2
