@@ -1,8 +1,9 @@
 """What LLM viewers read, end to end: fake Letta (or a file) -> exporter -> real OTLP receiver.
 
 Run spans carry the run's first input and final answer (content ``full``; nothing with ``none``),
-a run whose call failed is an ERROR with the reason, every span names its session and user, and a
-compaction with no agent hangs under no bare ``invoke_agent`` span, from the API and a file alike.
+a run whose call failed is an ERROR with the reason, every span names its session and user, tool
+results have the tool role, and a compaction with no agent hangs under no bare ``invoke_agent``
+span, from the API and a file alike.
 Expected texts are read off the fixture files by hand (see tests/test_convert_viewers.py).
 """
 
@@ -83,6 +84,18 @@ def test_run_spans_show_input_answer_errors_and_sessions_with_content_full(tmp_p
     assert all(s.attributes["user.id"] == USER for s in llm)
     assert a["user.id"] == USER
     assert all(s.attributes["input.value"] for s in llm)
+    # Tool results have the tool role whichever provider sent them.
+    by_step = {s.attributes["letta.step.id"]: s.attributes for s in llm}
+    for step_id in (
+        "step-e9f54e8a-73ee-45fa-aa09-92f47aa1c713",  # Anthropic: a tool_result block
+        "step-9570a878-e959-49d4-867c-ce92743990ab",  # OpenAI: a tool message
+    ):
+        messages = json.loads(by_step[step_id]["gen_ai.input.messages"])
+        tools = [m for m in messages if m["role"] == "tool"]
+        assert tools, step_id
+        assert all(p["type"] == "tool_call_response" for m in tools for p in m["parts"])
+        users = [p for m in messages if m["role"] == "user" for p in m["parts"]]
+        assert all(p["type"] != "tool_call_response" for p in users)
 
 
 def test_nothing_of_the_content_with_content_none(tmp_path):
