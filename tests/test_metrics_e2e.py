@@ -7,6 +7,7 @@ sum over every point the receiver got is what the exporter counted in all.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from exporter import commands
+from exporter.settings import Settings
 from testkit import FakeLetta, OtlpReceiver, ReceivedSpan
 from tests.conftest import LETTA
 from tests.test_cli import CLI, ROOT, _backlog, _env, _wait
@@ -233,3 +235,45 @@ def test_each_shard_of_a_parallel_export_keeps_its_own_ledger(tmp_path):
         "state.json.metrics-ledger.shard-0-of-2",
         "state.json.metrics-ledger.shard-1-of-2",
     ]
+
+
+def test_a_file_exported_twice_is_counted_once(tmp_path):
+    """A file export keeps no checkpoint: every span is sent again, the ledger counts it once."""
+    path = tmp_path / "traces.jsonl"
+    lines = [
+        json.dumps(json.loads(p.read_bytes())["trace"])
+        for p in sorted((LETTA / "steps").glob("step-*.json"))
+        if json.loads(p.read_bytes())["trace"] is not None
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    with OtlpReceiver() as rx:
+        for _ in range(2):
+            settings = Settings(  # type: ignore[call-arg]
+                source="file",
+                input=path,
+                sink="otlp",
+                otlp_protocol="grpc",
+                otlp_traces_endpoint=rx.grpc_endpoint,
+                state_path=tmp_path / "state.json",
+                dead_letter_path=tmp_path / "dead.jsonl",
+                metrics=True,
+                metrics_temporality="delta",
+                metrics_interval_seconds=600.0,
+            )
+            data, code = commands.export(settings, dry_run=False, as_json=True)
+            assert code == 0, data
+            assert data["exported"] == len(lines)
+        assert rx.wait_idle()
+        assert rx.duplicate_count >= len(lines)  # the spans really were sent twice
+        assert counted_calls(rx) == len(lines) == 22
+
+
+def test_an_unreadable_ledger_turns_the_metrics_off_not_the_export(tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    (tmp_path / "state.json.metrics-ledger").mkdir()  # a directory: cannot be read as a file
+    with FakeLetta.from_fixtures(LETTA) as letta, OtlpReceiver() as rx:
+        assert export(tmp_path, letta, rx) == 0
+        assert len(llm_spans(rx)) == 22
+        assert not rx.points()
+    (line,) = [r.getMessage() for r in caplog.records if "GenAI metrics off" in r.getMessage()]
+    assert "metrics-ledger" in line
