@@ -117,6 +117,18 @@ def test_check_and_export_find_an_unusable_state_path_before_sending(tmp_path):
     assert "CheckpointError" in export.stdout + export.stderr
 
 
+def test_run_finds_an_unusable_state_path_before_sending(tmp_path):
+    state = tmp_path / "state.json"
+    (tmp_path / "state.json.lock").mkdir()
+    with FakeLetta(_backlog(6), flavour="cloud") as letta, OtlpReceiver() as rx:
+        run = _run(["run", "--state-path", str(state)], _cloud_env(tmp_path, letta, rx))
+        assert rx.span_count == 0
+    assert run.returncode == 1
+    assert "CheckpointError" in run.stdout + run.stderr
+    assert "cannot create, lock or write" in run.stdout + run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_the_dead_letter_file_is_named_only_when_used_and_a_lost_record_fails(tmp_path):
     clean = _run(
         ["export", "--source", "file", "--input", str(EXAMPLE)], _env(tmp_path), cwd=tmp_path
