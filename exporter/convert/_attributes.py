@@ -106,6 +106,34 @@ def _homogeneous(items: Sequence[Any]) -> tuple[Any, ...] | None:
     return tuple(items)
 
 
+_SCALAR_TYPES: Final = frozenset({str, int, bool, float, type(None)})
+_STR_KEYS: Final = frozenset({str})
+_FLAT_CACHE_SIZE: Final = 1024
+#: Flattened mappings of scalars (``llm_config``, ``compaction_settings``, token details), by
+#: content: the same few configurations come back on every trace of an agent. The values are
+#: read-only once stored (callers copy them with ``dict.update``).
+_FLAT_CACHE: Final[dict[tuple[Any, ...], dict[str, AttributeValue]]] = {}
+
+
+def _flat_key(prefix: str, value: Any) -> tuple[Any, ...] | None:
+    """The cache key of a mapping whose flattening depends on its content alone, else ``None``.
+
+    Only plain dicts of str keys and scalar values (at most :data:`MAX_FLATTENED`) qualify. The
+    value types are part of the key (``1 == True == 1.0``), and a mapping holding a float zero
+    is never cached (``0.0 == -0.0``, yet they encode differently).
+    """
+    if type(value) is not dict or not 0 < len(value) <= MAX_FLATTENED:
+        return None
+    if not set(map(type, value)) <= _STR_KEYS:
+        return None
+    types = tuple(map(type, value.values()))
+    if not set(types) <= _SCALAR_TYPES:
+        return None
+    if float in types and any(type(v) is float and v == 0.0 for v in value.values()):
+        return None
+    return (prefix, tuple(value.items()), types)
+
+
 def _is_mapping(value: Any) -> bool:
     return not isinstance(value, str | int | float | list | tuple) and isinstance(value, Mapping)
 
@@ -201,10 +229,37 @@ class SpanAttributes:
         :data:`MAX_FLATTEN_DEPTH`) becomes one JSON string. ``None`` means "not set" and is
         skipped. Credential keys get ``[REDACTED]`` at any depth.
         """
+        key = _flat_key(prefix, value)
+        if key is not None:
+            pairs = _FLAT_CACHE.get(key)
+            if pairs is None:
+                pairs = self._flatten_scalars(key, prefix, value, cleaner)
+            self.values.update(pairs)
+            return
         budget = [MAX_FLATTENED]
         self._flatten(prefix, value, cleaner, 0, budget)
         if budget[0] < 0:
             self.warn(f"{prefix}: more than {MAX_FLATTENED} fields; the rest left out")
+
+    def _flatten_scalars(
+        self, key: tuple[Any, ...], prefix: str, value: dict[str, Any], cleaner: Cleaner
+    ) -> dict[str, AttributeValue]:
+        """Flatten a mapping of scalars into a dict of its own, remembered when nothing else
+        happened on the way (no warning, no JSON value, no clipped nesting)."""
+        outer, self.values = self.values, {}
+        warnings, structures, clipped = len(self.warnings), len(self._json), cleaner.clipped
+        cleaner.clipped = False
+        try:
+            self._flatten(prefix, value, cleaner, 0, [MAX_FLATTENED])
+            pairs = self.values
+        finally:
+            self.values = outer
+            clipped_here, cleaner.clipped = cleaner.clipped, clipped or cleaner.clipped
+        if len(self.warnings) == warnings and len(self._json) == structures and not clipped_here:
+            if len(_FLAT_CACHE) >= _FLAT_CACHE_SIZE:
+                _FLAT_CACHE.clear()
+            _FLAT_CACHE[key] = pairs
+        return pairs
 
     def _flatten(
         self, key: str, value: Any, cleaner: Cleaner, depth: int, budget: list[int]
