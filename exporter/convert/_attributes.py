@@ -107,6 +107,7 @@ def _homogeneous(items: Sequence[Any]) -> tuple[Any, ...] | None:
 
 
 _SCALAR_TYPES: Final = frozenset({str, int, bool, float, type(None)})
+_PLAIN_KINDS: Final = frozenset({str, int, bool, float, tuple})
 _STR_KEYS: Final = frozenset({str})
 _FLAT_CACHE_SIZE: Final = 1024
 #: Flattened mappings of scalars (``llm_config``, ``compaction_settings``, token details), by
@@ -328,6 +329,40 @@ class SpanAttributes:
         json_keys = self._json.keys()
         redactors = self.redactors
         quarter = limit // 4
+        if not (redactors or json_keys) and self._all_plain(quarter):
+            pass  # every string is short ASCII without "@": nothing to redact, fix or cut
+        else:
+            self._fit_all(truncated, limit)
+        if truncated:
+            self.values[LETTA_CONTENT_TRUNCATED] = tuple(truncated)
+        if self.warnings:
+            self.values[LETTA_CONVERT_WARNINGS] = tuple(
+                truncate_text(fix_text(w), limit)[0] for w in self.warnings
+            )
+        return self.values
+
+    def _all_plain(self, quarter: int) -> bool:
+        """Whether every string (and string in a tuple) passes the per-value fast check below.
+
+        One check over all strings joined: the values are few and short, so joining them costs
+        less than a Python-level test of each (a span has ~80 attributes).
+        """
+        values = self.values.values()
+        if not set(map(type, values)) <= _PLAIN_KINDS:
+            return False
+        texts = [v for v in values if type(v) is str]
+        for value in values:
+            if type(value) is tuple and value and isinstance(value[0], str):
+                texts.extend(value)
+        if not texts:
+            return True
+        blob = "".join(texts)
+        return blob.isascii() and "@" not in blob and max(map(len, texts)) <= quarter
+
+    def _fit_all(self, truncated: list[str], limit: int) -> None:
+        json_keys = self._json.keys()
+        redactors = self.redactors
+        quarter = limit // 4
         for key, value in self.values.items():
             if key in json_keys:
                 continue
@@ -344,13 +379,6 @@ class SpanAttributes:
                 if any(cut for _, cut in fitted) and key not in truncated:
                     truncated.append(key)
                 self.values[key] = tuple(text for text, _ in fitted)
-        if truncated:
-            self.values[LETTA_CONTENT_TRUNCATED] = tuple(truncated)
-        if self.warnings:
-            self.values[LETTA_CONVERT_WARNINGS] = tuple(
-                truncate_text(fix_text(w), limit)[0] for w in self.warnings
-            )
-        return self.values
 
     def fit_text(self, value: str) -> str:
         """One free-text value (a status description) made safe and fitted like an attribute."""
