@@ -107,21 +107,23 @@ def _homogeneous(items: Sequence[Any]) -> tuple[Any, ...] | None:
 
 
 _SCALAR_TYPES: Final = frozenset({str, int, bool, float, type(None)})
-_PLAIN_KINDS: Final = frozenset({str, int, bool, float, tuple})
 _STR_KEYS: Final = frozenset({str})
 _FLAT_CACHE_SIZE: Final = 1024
 #: Flattened mappings of scalars (``llm_config``, ``compaction_settings``, token details), by
-#: content: the same few configurations come back on every trace of an agent. The values are
-#: read-only once stored (callers copy them with ``dict.update``).
-_FLAT_CACHE: Final[dict[tuple[Any, ...], dict[str, AttributeValue]]] = {}
+#: content: the same few configurations come back on every trace of an agent. An entry is the
+#: attributes (read-only once stored: callers copy them with ``dict.update``) and, when the
+#: mapping holds floats, the signs of its float zeros (:func:`_zero_signs`).
+_FLAT_CACHE: Final[
+    dict[tuple[Any, ...], tuple[dict[str, AttributeValue], tuple[tuple[str, float], ...] | None]]
+] = {}
 
 
 def _flat_key(prefix: str, value: Any) -> tuple[Any, ...] | None:
     """The cache key of a mapping whose flattening depends on its content alone, else ``None``.
 
     Only plain dicts of str keys and scalar values (at most :data:`MAX_FLATTENED`) qualify. The
-    value types are part of the key (``1 == True == 1.0``), and a mapping holding a float zero
-    is never cached (``0.0 == -0.0``, yet they encode differently).
+    value types are part of the key (``1 == True == 1.0``); float zeros are told apart by the
+    cache entry (:func:`_zero_signs`).
     """
     if type(value) is not dict or not 0 < len(value) <= MAX_FLATTENED:
         return None
@@ -130,9 +132,15 @@ def _flat_key(prefix: str, value: Any) -> tuple[Any, ...] | None:
     types = tuple(map(type, value.values()))
     if not set(types) <= _SCALAR_TYPES:
         return None
-    if float in types and any(type(v) is float and v == 0.0 for v in value.values()):
-        return None
     return (prefix, tuple(value.items()), types)
+
+
+def _zero_signs(value: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    """The signs of the float zeros of ``value``: ``0.0 == -0.0``, yet they encode differently,
+    so a cached flattening holding one stands only for mappings with the same signs."""
+    return tuple(
+        (k, math.copysign(1.0, v)) for k, v in value.items() if type(v) is float and v == 0.0
+    )
 
 
 def _is_mapping(value: Any) -> bool:
@@ -232,10 +240,11 @@ class SpanAttributes:
         """
         key = _flat_key(prefix, value)
         if key is not None:
-            pairs = _FLAT_CACHE.get(key)
-            if pairs is None:
-                pairs = self._flatten_scalars(key, prefix, value, cleaner)
-            self.values.update(pairs)
+            entry = _FLAT_CACHE.get(key)
+            if entry is not None and (entry[1] is None or _zero_signs(value) == entry[1]):
+                self.values.update(entry[0])
+                return
+            self.values.update(self._flatten_scalars(key, prefix, value, cleaner, entry is None))
             return
         budget = [MAX_FLATTENED]
         self._flatten(prefix, value, cleaner, 0, budget)
@@ -243,7 +252,12 @@ class SpanAttributes:
             self.warn(f"{prefix}: more than {MAX_FLATTENED} fields; the rest left out")
 
     def _flatten_scalars(
-        self, key: tuple[Any, ...], prefix: str, value: dict[str, Any], cleaner: Cleaner
+        self,
+        key: tuple[Any, ...],
+        prefix: str,
+        value: dict[str, Any],
+        cleaner: Cleaner,
+        remember: bool,
     ) -> dict[str, AttributeValue]:
         """Flatten a mapping of scalars into a dict of its own, remembered when nothing else
         happened on the way (no warning, no JSON value, no clipped nesting)."""
@@ -256,10 +270,15 @@ class SpanAttributes:
         finally:
             self.values = outer
             clipped_here, cleaner.clipped = cleaner.clipped, clipped or cleaner.clipped
-        if len(self.warnings) == warnings and len(self._json) == structures and not clipped_here:
+        if (
+            remember
+            and len(self.warnings) == warnings
+            and len(self._json) == structures
+            and not clipped_here
+        ):
             if len(_FLAT_CACHE) >= _FLAT_CACHE_SIZE:
                 _FLAT_CACHE.clear()
-            _FLAT_CACHE[key] = pairs
+            _FLAT_CACHE[key] = (pairs, _zero_signs(value) if float in key[2] else None)
         return pairs
 
     def _flatten(
@@ -347,13 +366,17 @@ class SpanAttributes:
         One check over all strings joined: the values are few and short, so joining them costs
         less than a Python-level test of each (a span has ~80 attributes).
         """
-        values = self.values.values()
-        if not set(map(type, values)) <= _PLAIN_KINDS:
-            return False
-        texts = [v for v in values if type(v) is str]
-        for value in values:
-            if type(value) is tuple and value and isinstance(value[0], str):
-                texts.extend(value)
+        texts: list[str] = []
+        append = texts.append
+        for value in self.values.values():
+            kind = type(value)
+            if kind is str:
+                append(value)
+            elif kind is tuple:
+                if value and isinstance(value[0], str):
+                    texts.extend(value)
+            elif kind is not int and kind is not bool and kind is not float:
+                return False  # a str subclass, say: the general path decides
         if not texts:
             return True
         blob = "".join(texts)
