@@ -368,6 +368,7 @@ class SpanAttributes:
         """
         texts: list[str] = []
         append = texts.append
+        value: Any
         for value in self.values.values():
             kind = type(value)
             if kind is str:
