@@ -257,6 +257,7 @@ def measure(dsn: str, *, workers: int, limit: int | None, batch: int) -> dict[st
         p.join()
     traces = sum(r.traces for r in results)
     wall = max(r.wall_seconds for r in results)
+    cpu_per_trace = sum(r.cpu_seconds + r.db_cpu_seconds for r in results) / max(traces, 1)
     return {
         "workers": workers,
         "traces": traces,
@@ -268,6 +269,12 @@ def measure(dsn: str, *, workers: int, limit: int | None, batch: int) -> dict[st
         "unreadable": sum(r.unreadable for r in results),
         "encoded_mb": round(sum(r.encoded_mb for r in results), 1),
         "wall_s": round(wall, 2),
+        # What two cores would carry with nothing else on them: both processes' CPU per trace.
+        "two_core_traces_per_s": round(2 / cpu_per_trace) if cpu_per_trace else 0,
+        "exporter_share": round(sum(r.cpu_seconds for r in results) / (cpu_per_trace * traces), 2)
+        if cpu_per_trace
+        else 0.0,
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
@@ -336,7 +343,10 @@ def main(argv: list[str] | None = None) -> int:
                 f" exporter CPU {result['exporter_cpu_s_per_1k']:.3f} s/1k,"
                 f" PostgreSQL CPU {result['postgres_cpu_s_per_1k']:.3f} s/1k,"
                 f" peak RSS {result['peak_rss_mb']:.1f} MB/worker, lost {result['lost']},"
-                f" {result['encoded_mb']} MB OTLP",
+                f" {result['encoded_mb']} MB OTLP; on 2 idle cores"
+                f" {result['two_core_traces_per_s']} traces/s"
+                f" ({result['exporter_share']:.0%} of the CPU in the exporter);"
+                f" load {result['load_average']}",
                 flush=True,
             )
         if args.json:

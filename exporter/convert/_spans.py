@@ -644,7 +644,11 @@ def _convert_step(step: Step, out: SpanAttributes, cleaner: Cleaner) -> None:
         if isinstance(text, str) and text:  # out.put_str, inlined: 16 fields per trace
             values[attribute] = text
     for field, attribute, where in _STEP_INTS_WHERE:
-        out.put_int(attribute, getattr(step, field), where=where)
+        number = getattr(step, field)
+        if type(number) is int and 0 <= number <= INT64_MAX:  # out.put_int's common case
+            values[attribute] = number
+        elif number is not None:
+            out.put_int(attribute, number, where=where)
     if step.tags is not None:
         out.put_strs("letta.step.tags", step.tags)
     out.flatten("letta.step.prompt_tokens_details", step.prompt_tokens_details, cleaner)
@@ -655,8 +659,13 @@ def _convert_step(step: Step, out: SpanAttributes, cleaner: Cleaner) -> None:
 
 
 def _convert_metrics(metrics: StepMetrics, out: SpanAttributes) -> None:
+    values = out.values
     for field, attribute, where in _METRICS_INTS_WHERE:
-        out.put_int(attribute, getattr(metrics, field), where=where)
+        number = getattr(metrics, field)
+        if type(number) is int and 0 <= number <= INT64_MAX:  # out.put_int's common case
+            values[attribute] = number
+        elif number is not None:
+            out.put_int(attribute, number, where=where)
     for field, attribute in _METRICS_STRINGS:
         if attribute not in out.values:
             out.put_str(attribute, getattr(metrics, field))
