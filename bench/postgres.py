@@ -16,8 +16,11 @@ Each worker process reads its shard (``--workers N``: shard ``i/N`` by id hash) 
 :func:`~exporter.convert.convert_trace` (content ``none``) and encodes batches of 512 spans to
 OTLP request bytes with the sink's :class:`~exporter.sink._encode.SpanEncoder`. Figures: traces/s
 (all traces over the slowest worker's wall time), exporter CPU s per 1,000 traces (the workers'
-own CPU), the PostgreSQL backends' CPU (from ``/proc``), peak RSS per worker (``VmHWM``), and
-lost = traces in the table - distinct span ids encoded.
+own CPU), the PostgreSQL backends' CPU (from ``/proc``; a parallel key scan's workers are not
+counted), peak RSS per worker (``VmHWM``), lost = traces in the table - distinct span ids
+encoded, and what two idle cores would carry (2 / both processes' CPU seconds per trace) with
+the exporter's share of that CPU and the load average: on a shared machine wall time says
+little.
 """
 
 from __future__ import annotations
