@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.convert import TraceContext, build_resource, convert_trace
 from exporter.errors import DatabaseConfigError, DatabaseError
@@ -494,3 +496,13 @@ async def test_rows_become_records_one_event_at_a_time(
     finally:
         await source.aclose()
     assert len(taken) == 53
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(), st.from_regex(r"provider_trace-[0-9a-f-]{36}", fullmatch=True)))
+def test_positions_write_ids_as_json_does(record_id: str) -> None:
+    from exporter.source._pg_position import Cursor
+
+    position = Cursor(id=record_id).encode()
+    assert json.loads(position)["i"] == record_id
+    assert position.endswith(f'"i":{json.dumps(record_id)}}}')
