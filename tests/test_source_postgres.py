@@ -499,7 +499,13 @@ async def test_rows_become_records_one_event_at_a_time(
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.one_of(st.text(), st.from_regex(r"provider_trace-[0-9a-f-]{36}", fullmatch=True)))
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=st.characters(max_codepoint=127)),  # quotes, backslashes, controls
+        st.from_regex(r"provider_trace-[0-9a-f-]{36}", fullmatch=True),
+    )
+)
 def test_positions_write_ids_as_json_does(record_id: str) -> None:
     from exporter.source._pg_position import Cursor
 
