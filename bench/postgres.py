@@ -16,8 +16,11 @@ Each worker process reads its shard (``--workers N``: shard ``i/N`` by id hash) 
 :func:`~exporter.convert.convert_trace` (content ``none``) and encodes batches of 512 spans to
 OTLP request bytes with the sink's :class:`~exporter.sink._encode.SpanEncoder`. Figures: traces/s
 (all traces over the slowest worker's wall time), exporter CPU s per 1,000 traces (the workers'
-own CPU), the PostgreSQL backends' CPU (from ``/proc``), peak RSS per worker (``VmHWM``), and
-lost = traces in the table - distinct span ids encoded.
+own CPU), the PostgreSQL backends' CPU (from ``/proc``; a parallel key scan's workers are not
+counted), peak RSS per worker (``VmHWM``), lost = traces in the table - distinct span ids
+encoded, and what two idle cores would carry (2 / both processes' CPU seconds per trace) with
+the exporter's share of that CPU and the load average: on a shared machine wall time says
+little.
 """
 
 from __future__ import annotations
@@ -257,6 +260,7 @@ def measure(dsn: str, *, workers: int, limit: int | None, batch: int) -> dict[st
         p.join()
     traces = sum(r.traces for r in results)
     wall = max(r.wall_seconds for r in results)
+    cpu_per_trace = sum(r.cpu_seconds + r.db_cpu_seconds for r in results) / max(traces, 1)
     return {
         "workers": workers,
         "traces": traces,
@@ -268,6 +272,12 @@ def measure(dsn: str, *, workers: int, limit: int | None, batch: int) -> dict[st
         "unreadable": sum(r.unreadable for r in results),
         "encoded_mb": round(sum(r.encoded_mb for r in results), 1),
         "wall_s": round(wall, 2),
+        # What two cores would carry with nothing else on them: both processes' CPU per trace.
+        "two_core_traces_per_s": round(2 / cpu_per_trace) if cpu_per_trace else 0,
+        "exporter_share": round(sum(r.cpu_seconds for r in results) / (cpu_per_trace * traces), 2)
+        if cpu_per_trace
+        else 0.0,
+        "load_average": round(os.getloadavg()[0], 1),
     }
 
 
@@ -336,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
                 f" exporter CPU {result['exporter_cpu_s_per_1k']:.3f} s/1k,"
                 f" PostgreSQL CPU {result['postgres_cpu_s_per_1k']:.3f} s/1k,"
                 f" peak RSS {result['peak_rss_mb']:.1f} MB/worker, lost {result['lost']},"
-                f" {result['encoded_mb']} MB OTLP",
+                f" {result['encoded_mb']} MB OTLP; on 2 idle cores"
+                f" {result['two_core_traces_per_s']} traces/s"
+                f" ({result['exporter_share']:.0%} of the CPU in the exporter);"
+                f" load {result['load_average']}",
                 flush=True,
             )
         if args.json:

@@ -8,6 +8,8 @@ from datetime import datetime, timedelta
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from exporter.convert import TraceContext, build_resource, convert_trace
 from exporter.errors import DatabaseConfigError, DatabaseError
@@ -467,3 +469,46 @@ async def test_a_query_past_the_statement_timeout_is_a_run_time_error(dsn: str) 
     assert not info.value.configuration
     assert "statement_timeout" in str(info.value)
     assert "CREATE INDEX CONCURRENTLY" in str(info.value)
+
+
+async def test_rows_become_records_one_event_at_a_time(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A batch's rows are parsed as its events are taken, so one trace's 20 KB bodies are alive
+    # at a time (not a batch's, which the garbage collector would walk again and again).
+    from exporter.source import _postgres
+
+    parsed: list[str] = []
+    real = _postgres.trace_from_row
+
+    def counting(row, *, bodies=True):  # type: ignore[no-untyped-def]
+        parsed.append(row[0])
+        return real(row, bodies=bodies)
+
+    monkeypatch.setattr(_postgres, "trace_from_row", counting)
+    source = PostgresSource(PostgresOptions(dsn=dsn, batch=50))
+    taken: list[str] = []
+    try:
+        async for event in source.read(resume=None, follow=False):
+            if isinstance(event, Found):
+                taken.append(event.trace.id)
+                assert parsed == taken  # nothing parsed ahead of the events taken
+    finally:
+        await source.aclose()
+    assert len(taken) == 53
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.one_of(
+        st.text(),
+        st.text(alphabet=st.characters(max_codepoint=127)),  # quotes, backslashes, controls
+        st.from_regex(r"provider_trace-[0-9a-f-]{36}", fullmatch=True),
+    )
+)
+def test_positions_write_ids_as_json_does(record_id: str) -> None:
+    from exporter.source._pg_position import Cursor
+
+    position = Cursor(id=record_id).encode()
+    assert json.loads(position)["i"] == record_id
+    assert position.endswith(f'"i":{json.dumps(record_id)}}}')

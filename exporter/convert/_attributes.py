@@ -106,6 +106,43 @@ def _homogeneous(items: Sequence[Any]) -> tuple[Any, ...] | None:
     return tuple(items)
 
 
+_SCALAR_TYPES: Final = frozenset({str, int, bool, float, type(None)})
+_STR_KEYS: Final = frozenset({str})
+_FLAT_CACHE_SIZE: Final = 1024
+#: Flattened mappings of scalars (``llm_config``, ``compaction_settings``, token details), by
+#: content: the same few configurations come back on every trace of an agent. An entry is the
+#: attributes (read-only once stored: callers copy them with ``dict.update``) and, when the
+#: mapping holds floats, the signs of its float zeros (:func:`_zero_signs`).
+_FLAT_CACHE: Final[
+    dict[tuple[Any, ...], tuple[dict[str, AttributeValue], tuple[tuple[str, float], ...] | None]]
+] = {}
+
+
+def _flat_key(prefix: str, value: Any) -> tuple[Any, ...] | None:
+    """The cache key of a mapping whose flattening depends on its content alone, else ``None``.
+
+    Only plain dicts of str keys and scalar values (at most :data:`MAX_FLATTENED`) qualify. The
+    value types are part of the key (``1 == True == 1.0``); float zeros are told apart by the
+    cache entry (:func:`_zero_signs`).
+    """
+    if type(value) is not dict or not 0 < len(value) <= MAX_FLATTENED:
+        return None
+    if not set(map(type, value)) <= _STR_KEYS:
+        return None
+    types = tuple(map(type, value.values()))
+    if not set(types) <= _SCALAR_TYPES:
+        return None
+    return (prefix, tuple(value.items()), types)
+
+
+def _zero_signs(value: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    """The signs of the float zeros of ``value``: ``0.0 == -0.0``, yet they encode differently,
+    so a cached flattening holding one stands only for mappings with the same signs."""
+    return tuple(
+        (k, math.copysign(1.0, v)) for k, v in value.items() if type(v) is float and v == 0.0
+    )
+
+
 def _is_mapping(value: Any) -> bool:
     return not isinstance(value, str | int | float | list | tuple) and isinstance(value, Mapping)
 
@@ -201,10 +238,48 @@ class SpanAttributes:
         :data:`MAX_FLATTEN_DEPTH`) becomes one JSON string. ``None`` means "not set" and is
         skipped. Credential keys get ``[REDACTED]`` at any depth.
         """
+        key = _flat_key(prefix, value)
+        if key is not None:
+            entry = _FLAT_CACHE.get(key)
+            if entry is not None and (entry[1] is None or _zero_signs(value) == entry[1]):
+                self.values.update(entry[0])
+                return
+            self.values.update(self._flatten_scalars(key, prefix, value, cleaner, entry is None))
+            return
         budget = [MAX_FLATTENED]
         self._flatten(prefix, value, cleaner, 0, budget)
         if budget[0] < 0:
             self.warn(f"{prefix}: more than {MAX_FLATTENED} fields; the rest left out")
+
+    def _flatten_scalars(
+        self,
+        key: tuple[Any, ...],
+        prefix: str,
+        value: dict[str, Any],
+        cleaner: Cleaner,
+        remember: bool,
+    ) -> dict[str, AttributeValue]:
+        """Flatten a mapping of scalars into a dict of its own, remembered when nothing else
+        happened on the way (no warning, no JSON value, no clipped nesting)."""
+        outer, self.values = self.values, {}
+        warnings, structures, clipped = len(self.warnings), len(self._json), cleaner.clipped
+        cleaner.clipped = False
+        try:
+            self._flatten(prefix, value, cleaner, 0, [MAX_FLATTENED])
+            pairs = self.values
+        finally:
+            self.values = outer
+            clipped_here, cleaner.clipped = cleaner.clipped, clipped or cleaner.clipped
+        if (
+            remember
+            and len(self.warnings) == warnings
+            and len(self._json) == structures
+            and not clipped_here
+        ):
+            if len(_FLAT_CACHE) >= _FLAT_CACHE_SIZE:
+                _FLAT_CACHE.clear()
+            _FLAT_CACHE[key] = (pairs, _zero_signs(value) if float in key[2] else None)
+        return pairs
 
     def _flatten(
         self, key: str, value: Any, cleaner: Cleaner, depth: int, budget: list[int]
@@ -273,6 +348,45 @@ class SpanAttributes:
         json_keys = self._json.keys()
         redactors = self.redactors
         quarter = limit // 4
+        if not (redactors or json_keys) and self._all_plain(quarter):
+            pass  # every string is short ASCII without "@": nothing to redact, fix or cut
+        else:
+            self._fit_all(truncated, limit)
+        if truncated:
+            self.values[LETTA_CONTENT_TRUNCATED] = tuple(truncated)
+        if self.warnings:
+            self.values[LETTA_CONVERT_WARNINGS] = tuple(
+                truncate_text(fix_text(w), limit)[0] for w in self.warnings
+            )
+        return self.values
+
+    def _all_plain(self, quarter: int) -> bool:
+        """Whether every string (and string in a tuple) passes the per-value fast check below.
+
+        One check over all strings joined: the values are few and short, so joining them costs
+        less than a Python-level test of each (a span has ~80 attributes).
+        """
+        texts: list[str] = []
+        append = texts.append
+        value: Any
+        for value in self.values.values():
+            kind = type(value)
+            if kind is str:
+                append(value)
+            elif kind is tuple:
+                if value and isinstance(value[0], str):
+                    texts.extend(value)
+            elif kind is not int and kind is not bool and kind is not float:
+                return False  # a str subclass, say: the general path decides
+        if not texts:
+            return True
+        blob = "".join(texts)
+        return blob.isascii() and "@" not in blob and max(map(len, texts)) <= quarter
+
+    def _fit_all(self, truncated: list[str], limit: int) -> None:
+        json_keys = self._json.keys()
+        redactors = self.redactors
+        quarter = limit // 4
         for key, value in self.values.items():
             if key in json_keys:
                 continue
@@ -289,13 +403,6 @@ class SpanAttributes:
                 if any(cut for _, cut in fitted) and key not in truncated:
                     truncated.append(key)
                 self.values[key] = tuple(text for text, _ in fitted)
-        if truncated:
-            self.values[LETTA_CONTENT_TRUNCATED] = tuple(truncated)
-        if self.warnings:
-            self.values[LETTA_CONVERT_WARNINGS] = tuple(
-                truncate_text(fix_text(w), limit)[0] for w in self.warnings
-            )
-        return self.values
 
     def fit_text(self, value: str) -> str:
         """One free-text value (a status description) made safe and fitted like an attribute."""

@@ -245,6 +245,29 @@ _FREE_KEYS: Final = frozenset(
 )
 
 
+_LIBRARY_KEYS: Final = _PLAIN_KEYS | _FREE_KEYS
+#: Per price object of the library's snapshot (kept alive here, so its id stays its own): its
+#: per-token prices when they are all flat, else ``None`` (tiers depend on the call's input).
+_FLAT_PRICES: Final[dict[int, tuple[Any, dict[str, Decimal] | None]]] = {}
+
+
+def _flat_prices(model_price: Any) -> dict[str, Decimal] | None:
+    """The prices :func:`_plain_cost` would read from a price without tiers, found once."""
+    entry = _FLAT_PRICES.get(id(model_price))
+    if entry is not None and entry[0] is model_price:
+        return entry[1]
+    stored = {key: value for key, value in vars(model_price).items() if value is not None}
+    flat: dict[str, Decimal] | None = None
+    if stored.keys() <= _LIBRARY_KEYS and all(
+        isinstance(stored[key], Decimal) for key in _PLAIN_KEYS & stored.keys()
+    ):
+        flat = {key: stored[key] for key in _PLAIN_KEYS & stored.keys()}
+    if len(_FLAT_PRICES) >= 1024:
+        _FLAT_PRICES.clear()
+    _FLAT_PRICES[id(model_price)] = (model_price, flat)
+    return flat
+
+
 def _rate(price: Any, total_input: Decimal) -> Decimal | None:
     """A flat price, or a tiered one at the tier the call's whole input falls in (a cliff:
     past a threshold every token pays that tier's price, as the library defines it)."""
@@ -274,16 +297,20 @@ def _plain_cost(
     the library's over the whole snapshot. Anything else (tiers, audio, per-request fees, a
     cache count without a cache price) goes through the library.
     """
-    stored = {key: value for key, value in vars(model_price).items() if value is not None}
-    if not stored.keys() <= _PLAIN_KEYS | _FREE_KEYS:
-        return None
     total_input = _tokens(input_tokens)
-    prices: dict[str, Decimal] = {}
-    for key in _PLAIN_KEYS & stored.keys():
-        rate = _rate(stored[key], total_input)
-        if rate is None:
+    flat = _flat_prices(model_price)
+    if flat is not None:
+        prices = flat
+    else:
+        stored = {key: value for key, value in vars(model_price).items() if value is not None}
+        if not stored.keys() <= _LIBRARY_KEYS:
             return None
-        prices[key] = rate
+        prices = {}
+        for key in _PLAIN_KEYS & stored.keys():
+            rate = _rate(stored[key], total_input)
+            if rate is None:
+                return None
+            prices[key] = rate
     read, written = _tokens(cache_read), _tokens(cache_write)
     if (read and "cache_read_mtok" not in prices) or (written and "cache_write_mtok" not in prices):
         return None

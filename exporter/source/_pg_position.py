@@ -23,6 +23,13 @@ MAX_RECENT: Final = 2_000
 _EPOCH: Final = datetime(1, 1, 1, tzinfo=UTC)
 
 
+def _json_str(text: str) -> str:
+    """``json.dumps(text)``, without the call for the ids Letta makes (printable ASCII)."""
+    if text.isascii() and text.isprintable() and '"' not in text and "\\" not in text:
+        return f'"{text}"'
+    return json.dumps(text)
+
+
 @dataclass(slots=True)
 class Cursor:
     """The last ``(created_at, id)`` yielded and the ids yielded inside the overlap window."""
@@ -49,7 +56,7 @@ class Cursor:
     def encode(self) -> str:
         """The position string (short: the recent ids are only those of the overlap window)."""
         if not self.recent:  # the common case, on the hot path: one string per trace
-            return f'{{"t":"{self.created_at.isoformat()}","i":{json.dumps(self.id)}}}'
+            return f'{{"t":"{self.created_at.isoformat()}","i":{_json_str(self.id)}}}'
         data: dict[str, object] = {"t": self.created_at.isoformat(), "i": self.id}
         if self.recent:
             data["r"] = [[t.isoformat(), i] for i, t in self.recent.items()]

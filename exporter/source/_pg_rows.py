@@ -20,7 +20,7 @@ from pydantic_core import from_json
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
 from ._pg_schema import AGENT_COLUMNS, METRICS_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, TRACE_COLUMNS
 
-__all__ = ["UnreadableRow", "agent_from_row", "run_from_row", "trace_from_row"]
+__all__ = ["UnreadableRow", "agent_from_row", "row_ids", "run_from_row", "trace_from_row"]
 
 _N_TRACE: Final = len(TRACE_COLUMNS)
 _N_STEP: Final = len(STEP_COLUMNS)
@@ -108,6 +108,24 @@ def _strings(value: Any, column: str, record_id: str | None, text: str | None) -
     if all(isinstance(v, str) for v in value):
         return value  # type: ignore[no-any-return]
     raise UnreadableRow(record_id, f"{column}: expected an array of strings", (text or "").encode())
+
+
+_RUN_ID: Final = _T["run_id"]
+_AGENT_ID: Final = _T["agent_id"]
+_STEP_RUN_ID: Final = _STEP_AT + _S["run_id"]
+_STEP_AGENT_ID: Final = _STEP_AT + _S["agent_id"]
+
+
+def row_ids(row: tuple[Any, ...]) -> tuple[str | None, str | None]:
+    """The run and agent ids of a row of :attr:`Queries.rows`, its step's when it has none.
+
+    The same ids :func:`trace_from_row`'s records give, read without parsing a body.
+    """
+    has_step = row[_STEP_AT] is not None
+    return (
+        row[_RUN_ID] or (row[_STEP_RUN_ID] if has_step else None),
+        row[_AGENT_ID] or (row[_STEP_AGENT_ID] if has_step else None),
+    )
 
 
 def trace_from_row(

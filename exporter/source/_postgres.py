@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -37,7 +37,7 @@ from ..models import Agent, Run
 from ._contract import CaughtUp, Event, Found, Unreadable
 from ._pg_dsn import driver_dsn, mask_dsn
 from ._pg_position import Cursor
-from ._pg_rows import UnreadableRow, agent_from_row, run_from_row, trace_from_row
+from ._pg_rows import UnreadableRow, agent_from_row, row_ids, run_from_row, trace_from_row
 from ._pg_schema import Filters, Queries, load_schema
 
 __all__ = ["RECOMMENDED_INDEX", "PostgresCheck", "PostgresOptions", "PostgresSource"]
@@ -322,11 +322,14 @@ class PostgresSource:
         keys: Sequence[tuple[datetime, str, bool]],
         cursor: Cursor,
         horizon: datetime,
-    ) -> list[Event]:
+    ) -> Iterator[Event]:
         """One batch of keys as events, in key order (rows deleted meanwhile are passed over).
 
-        A list rather than a generator: one coroutine frame fewer to resume per event and per
-        socket read while the rows arrive.
+        The queries run here; the rows become records only as the caller takes each event, so
+        one trace's parsed bodies are alive at a time, not a whole batch's: the garbage
+        collector then never walks hundreds of 20 KB bodies (it cost a third of the source's
+        CPU). A plain generator, not an async one: one coroutine frame fewer to resume per
+        event.
         """
         full = [k[1] for k in keys if not k[2]]
         meta = [k[1] for k in keys if k[2]]
@@ -348,57 +351,58 @@ class PostgresSource:
             for row in await cur.fetchall():
                 rows[row[0]] = (row, False)
 
-        parsed: list[tuple[datetime, str, Any]] = []
         run_ids: set[str] = set()
         agent_ids: set[str] = set()
+        known = self._agents
+        for row, _bodies in rows.values():
+            run_id, agent_id = row_ids(row)
+            if run_id:
+                run_ids.add(run_id)
+            if agent_id and agent_id not in known:
+                agent_ids.add(agent_id)
+        runs = await self._runs(conn, queries, run_ids)
+        await self._load_agents(conn, queries, agent_ids)
+        return self._events(keys, rows, runs, cursor, horizon)
+
+    def _events(
+        self,
+        keys: Sequence[tuple[datetime, str, bool]],
+        rows: dict[str, tuple[tuple[Any, ...], bool]],
+        runs: dict[str, Run],
+        cursor: Cursor,
+        horizon: datetime,
+    ) -> Iterator[Event]:
+        agents = self._agents
+        origin = self.name
         for created_at, record_id, _meta in keys:
-            found = rows.get(record_id)
+            found = rows.pop(record_id, None)
             if found is None:
                 continue  # deleted (or soft-deleted) between the key page and this read
             row, bodies = found
             try:
                 trace, step, metrics = trace_from_row(row, bodies=bodies)
             except UnreadableRow as exc:
-                parsed.append((created_at, record_id, exc))
+                cursor.advance(created_at, record_id, horizon)
+                yield Unreadable(
+                    record_id=record_id,
+                    reason="invalid",
+                    detail=f"provider trace {record_id}: {exc.detail}",
+                    raw=exc.raw,
+                    position=cursor.encode(),
+                )
                 continue
+            cursor.advance(created_at, record_id, horizon)
             run_id = trace.run_id or (step.run_id if step else None)
             agent_id = trace.agent_id or (step.agent_id if step else None)
-            if run_id:
-                run_ids.add(run_id)
-            if agent_id and agent_id not in self._agents:
-                agent_ids.add(agent_id)
-            parsed.append((created_at, record_id, (trace, step, metrics, run_id, agent_id)))
-
-        runs = await self._runs(conn, queries, run_ids)
-        await self._load_agents(conn, queries, agent_ids)
-        events: list[Event] = []
-        for created_at, record_id, item in parsed:
-            cursor.advance(created_at, record_id, horizon)
-            position = cursor.encode()
-            if isinstance(item, UnreadableRow):
-                events.append(
-                    Unreadable(
-                        record_id=record_id,
-                        reason="invalid",
-                        detail=f"provider trace {record_id}: {item.detail}",
-                        raw=item.raw,
-                        position=position,
-                    )
-                )
-                continue
-            trace, step, metrics, run_id, agent_id = item
-            events.append(
-                Found(
-                    trace=trace,
-                    step=step,
-                    metrics=metrics,
-                    run=runs.get(run_id) if run_id else None,
-                    agent=self._agents.get(agent_id) if agent_id else None,
-                    position=position,
-                    origin=self.name,
-                )
+            yield Found(
+                trace=trace,
+                step=step,
+                metrics=metrics,
+                run=runs.get(run_id) if run_id else None,
+                agent=agents.get(agent_id) if agent_id else None,
+                position=cursor.encode(),
+                origin=origin,
             )
-        return events
 
     async def _runs(self, conn: _Conn, queries: Queries, ids: set[str]) -> dict[str, Run]:
         if not ids:
