@@ -10,18 +10,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import httpx
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from .checkpoint import Checkpoint, stream_key
+from .batch import Batch
+from .checkpoint import Checkpoint, StreamState, stream_key
 from .convert import ConvertOptions, build_resource
+from .delivered import DeliveredTraces, SkipDelivered, delivered_path
+from .run_tracking import RunContext
 from .settings import Settings
 from .shipping import ExportSummary, Shipper
+from .sidecar import SocketDelivered, SocketSidecar, WorkerTask, watch_journal
 from .sink import (
     ConsoleExporter,
     DeliveringExporter,
@@ -29,7 +33,17 @@ from .sink import (
     OtlpHttpExporter,
     OtlpJsonFileExporter,
 )
-from .source import USER_AGENT, ApiSource, LettaClient, RetryPolicy, StepFilter
+from .source import (
+    USER_AGENT,
+    ApiSource,
+    EnrichingSource,
+    LettaClient,
+    RetryPolicy,
+    SocketSource,
+    Source,
+    StepEnricher,
+    StepFilter,
+)
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
 from .worker import Worker, WorkerOptions
@@ -37,13 +51,17 @@ from .worker import Worker, WorkerOptions
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "api_configured",
     "build_exporter",
     "build_shipper",
     "build_worker",
     "convert_options",
     "letta_client",
+    "reconcile_poll_seconds",
     "resource",
     "sink_target",
+    "socket_sidecar",
+    "source_worker",
     "step_filter",
     "stream",
     "worker_options",
@@ -318,3 +336,159 @@ class _UnsavedCheckpoint(Checkpoint):
 
     def save(self) -> None:
         return
+
+
+#: The idle rule of the socket worker: a run with no trace for this long gets its parent span
+#: (the socket says nothing about a run's end; with the API its status is asked too).
+SOCKET_RUN_IDLE_SECONDS: Final = 60.0
+#: The API poll's interval beside the socket (unless ``poll_interval_seconds`` is set): it only
+#: reconciles what the socket missed.
+RECONCILE_POLL_SECONDS: Final = 60.0
+
+
+def source_worker(
+    settings: Settings,
+    *,
+    source: Source,
+    exporter: SpanExporter,
+    stop: asyncio.Event,
+    one_shot: bool,
+    metrics: Metrics,
+    dead_letter: DeadLetter,
+    dry_run: bool = False,
+    runs: RunContext | None = None,
+    run_idle_seconds: float | None = None,
+    on_progress: Callable[[ExportSummary], None] | None = None,
+    after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
+    owns_run: Callable[[str], bool] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Worker:
+    """A worker over any source, with its own shipper and checkpoint (one per stream: several
+    workers in one process each save only their own stream)."""
+    shipper = build_shipper(
+        settings,
+        exporter=exporter,
+        stop=stop,
+        metrics=metrics,
+        dead_letter=dead_letter,
+        deadline_seconds=settings.export_deadline_seconds if one_shot else None,
+        dry_run=dry_run,
+    )
+    return Worker(
+        source=source,
+        shipper=shipper,
+        checkpoint=(_UnsavedCheckpoint if dry_run else Checkpoint)(settings.state_path),
+        convert_options=convert_options(settings),
+        resource=resource(settings),
+        options=worker_options(settings, one_shot=one_shot),
+        metrics=metrics,
+        dead_letter=dead_letter,
+        stop=stop,
+        runs=runs,
+        run_idle_seconds=run_idle_seconds,
+        on_progress=on_progress,
+        after_delivery=after_delivery,
+        owns_run=owns_run,
+        clock=clock,
+    )
+
+
+def api_configured(settings: Settings) -> bool:
+    """Whether ``run --socket`` also uses the Letta API (enrichment and the reconciling poll):
+    when its URL or key was set (flag, environment, TOML). The default URL alone does not turn
+    it on: a socket-only sidecar makes its spans from the records alone."""
+    return bool({"letta_base_url", "letta_api_key"} & settings.model_fields_set)
+
+
+def reconcile_poll_seconds(settings: Settings) -> float:
+    """The API poll's interval beside the socket: ``poll_interval_seconds`` when set, else
+    :data:`RECONCILE_POLL_SECONDS`."""
+    if "poll_interval_seconds" in settings.model_fields_set:
+        return settings.poll_interval_seconds
+    return RECONCILE_POLL_SECONDS
+
+
+def socket_sidecar(
+    settings: Settings,
+    *,
+    socket: SocketSource,
+    client: LettaClient | None,
+    exporter: SpanExporter,
+    stop: asyncio.Event,
+    metrics: Metrics,
+    dead_letter: DeadLetter,
+    clock: Callable[[], float] = time.time,
+) -> SocketSidecar:
+    """The workers of ``run --socket``: the socket worker, and with ``client`` the API one.
+
+    ``socket`` should count into ``metrics`` (``stats=MetricSocketStats(metrics)``).
+    """
+    watch_journal(socket, metrics)
+    sidecar = SocketSidecar(socket)
+    delivered = DeliveredTraces(delivered_path(settings.state_path)) if client else None
+    source: Source = socket
+    runs: RunContext | None = None
+    if client is not None:
+        enricher = StepEnricher(client, agent_ids=tuple(settings.agent_ids))
+        source, runs = EnrichingSource(socket, enricher), enricher
+    sidecar.workers.append(
+        WorkerTask(
+            source_worker(
+                settings,
+                source=source,
+                exporter=exporter,
+                stop=stop,
+                one_shot=False,
+                metrics=metrics,
+                dead_letter=dead_letter,
+                runs=runs,
+                run_idle_seconds=SOCKET_RUN_IDLE_SECONDS,
+                after_delivery=SocketDelivered(socket, delivered, metrics, clock=clock),
+                clock=clock,
+            ),
+            poll_seconds=1.0,
+            name="socket",
+        )
+    )
+    if client is None or delivered is None:
+        return sidecar
+    seen = delivered
+    poll = reconcile_poll_seconds(settings)
+    checkpoint = Checkpoint(settings.state_path)
+    key = stream(settings, window=False)
+    api = ApiSource(
+        client,
+        state=checkpoint.stream(key),
+        stream=key,
+        filt=step_filter(settings, until_now=False),
+        stop=stop,
+        shard=settings.shard_spec,
+        concurrency=settings.concurrency,
+        trace_settle_seconds=settings.trace_settle_seconds,
+        poll_seconds=poll,
+        clock=clock,
+    )
+    worker = Worker(
+        source=SkipDelivered(api, seen),
+        shipper=build_shipper(
+            settings,
+            exporter=exporter,
+            stop=stop,
+            metrics=metrics,
+            dead_letter=dead_letter,
+            deadline_seconds=None,
+        ),
+        checkpoint=checkpoint,
+        convert_options=convert_options(settings),
+        resource=resource(settings),
+        options=worker_options(settings, one_shot=False),
+        metrics=metrics,
+        dead_letter=dead_letter,
+        stop=stop,
+        runs=api.lookups,
+        run_idle_seconds=None,
+        owns_run=lambda run_id: not seen.has_run(run_id),
+        clock=clock,
+    )
+    sidecar.workers.append(WorkerTask(worker, poll_seconds=poll, name="api"))
+    return sidecar
