@@ -479,6 +479,10 @@ async def _check(settings: Settings) -> bool:
         except ExporterError as exc:
             click.echo(f"FAIL  letta: {exc}")
             ok = False
+    if settings.source == "postgres":
+        ok = await _check_database(settings) and ok
+    if settings.socket is not None:
+        ok = await _check_socket(settings) and ok
     exporter = wiring.build_exporter(settings)
     try:
         delivery = await asyncio.to_thread(deliver, exporter, [])
@@ -495,6 +499,98 @@ async def _check(settings: Settings) -> bool:
         click.echo(f"FAIL  checkpoint: {exc}")
         ok = False
     return ok
+
+
+async def _check_database(settings: Settings) -> bool:
+    """Letta's database: reachable, its schema readable, the rows of the window, and the index
+    that would help (with what a key page costs without it). Every line names the database with
+    its password masked; a refused password or a missing table is one FAIL line."""
+    source = wiring.postgres_source(settings, window=True)
+    try:
+        found = await source.check()
+    except ExporterError as exc:
+        click.echo(f"FAIL  database: {exc}")
+        return False
+    finally:
+        await source.aclose()
+    for line in found.lines():
+        click.echo(f"{'note' if line == found.advice else 'ok'}    database: {line}")
+    return True
+
+
+async def _check_socket(settings: Settings) -> bool:
+    """The socket of ``run --socket``, looked at from outside (the sidecar may be serving it):
+    whether it accepts connections, when the journal last took a record (so whether Letta seems
+    to be writing to it), and whether the journal's directory can be written.
+
+    A missing or stale socket is a warning: ``run`` creates or replaces it when it starts. A
+    path that is something else (``run`` would refuse it) or a journal that cannot be written
+    fails the check.
+    """
+    path = settings.socket
+    assert path is not None
+    found = await wiring.socket_source(settings).check()
+    ok = True
+    line = found.describe()
+    if found.connectable:
+        tag = "ok" if found.last_received is not None else "WARN"
+        click.echo(f"{tag:<6}socket: {line}{_socket_access(path, settings.socket_mode_bits)}")
+    elif found.is_socket:
+        click.echo(f"WARN  socket: {line} (stale: `run --socket` replaces it when it starts)")
+    elif path.exists() or path.is_symlink():
+        click.echo(f"FAIL  socket: {path} is not a socket; `run --socket` would refuse it")
+        ok = False
+    else:
+        click.echo(f"WARN  socket: no socket at {path} (`run --socket` creates it when it starts)")
+    journal = settings.effective_journal_dir
+    problem = _unwritable(journal)
+    if problem is not None:
+        click.echo(f"FAIL  journal: {journal}: {problem}")
+        return False
+    held = _journal_bytes(journal)
+    where = f"{held} bytes in segments" if held is not None else "not created yet"
+    click.echo(f"ok    journal: {journal} ({where})")
+    return ok
+
+
+def _socket_access(path: Path, wanted: int) -> str:
+    """The socket file's mode and group, and a note when the mode is not the configured one."""
+    try:
+        info = path.stat()
+    except OSError:
+        return ""
+    try:
+        import grp
+
+        group = grp.getgrgid(info.st_gid).gr_name
+    except (ImportError, KeyError):
+        group = str(info.st_gid)
+    mode = info.st_mode & 0o777
+    note = "" if mode == wanted else f" (socket_mode is {wanted:04o})"
+    return f"; mode {mode:04o}{note}, group {group}"
+
+
+def _unwritable(directory: Path) -> str | None:
+    """Why the journal could not be kept in ``directory`` (``None``: it can), creating nothing."""
+    probe = directory
+    while not probe.exists():
+        if probe.parent == probe:
+            return "no existing parent directory"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable by this user"
+    return None
+
+
+def _journal_bytes(directory: Path) -> int | None:
+    if not directory.is_dir():
+        return None
+    try:
+        return sum(p.stat().st_size for p in directory.glob("*.seg"))
+    except OSError:
+        return None
 
 
 #: Steps ``check`` looks at: a page or two, so it stays quick on a server with a long history.

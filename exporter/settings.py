@@ -12,9 +12,13 @@ Precedence, highest first:
    ``config/exporter.example.toml`` documents every one;
 4. the defaults below.
 
+A few settings share a variable with a neighbour: ``database_url`` falls back to ``LETTA_PG_URI``
+(the Letta server's own database URL, so one deployment can share it), and
+``metrics_temporality`` to ``OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE``.
+
 A bad value is a :class:`~exporter.errors.ConfigError` whose one line names the setting and what
-is allowed. Secrets (``letta_api_key``, ``otlp_headers``) are ``SecretStr``: they print as
-``**********`` and are never logged.
+is allowed. Secrets (``letta_api_key``, ``otlp_headers``, ``database_url``) are ``SecretStr``:
+they print as ``**********`` and are never logged or echoed in an error.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AliasChoices,
@@ -46,7 +50,7 @@ from pydantic_settings import (
 
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Settings", "parse_key_value_list", "parse_time"]
+__all__ = ["ENV_PREFIX", "Settings", "parse_key_value_list", "parse_size", "parse_time"]
 
 ENV_PREFIX: Final = "LETTA_EXPORTER_"
 #: Environment variable naming the TOML config file.
@@ -115,6 +119,24 @@ def parse_key_value_list(text: str, *, setting: str) -> dict[str, str]:
                 setting, f"item {index + 1} has %-escapes that are not UTF-8"
             ) from None
     return result
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS: Final = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DATABASE_URL: Final = re.compile(r"^postgres(ql)?(\+[A-Za-z0-9_]+)?://\S+$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """Read a size in bytes: ``134217728``, ``128MiB``, ``2GiB``, ``512K`` (units of 1024).
+
+    Raises:
+        ValueError: not a size.
+    """
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError("expected a size in bytes, or with a unit: 512MiB, 2GiB")
+    unit = (match.group(2) or "").upper().rstrip("B").rstrip("I")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
 
 
 def _split_list(value: Any) -> Any:
@@ -186,8 +208,9 @@ class Settings(BaseSettings):
     )
 
     # --- what to export ------------------------------------------------------------------
-    source: Literal["letta", "file"] = Field(
-        "letta", description="Read from the Letta API or from a file of ProviderTraces."
+    source: Literal["letta", "file", "postgres"] = Field(
+        "letta",
+        description="Read from the Letta API, a file of ProviderTraces, or Letta's PostgreSQL.",
     )
     input: Path | None = Field(
         None, description="The file of ProviderTraces (JSON or JSON lines) for source=file."
@@ -201,6 +224,62 @@ class Settings(BaseSettings):
     )
     model: str | None = Field(None, description="Only steps of this model.")
     limit: int | None = Field(None, ge=1, description="One-shot export: at most this many traces.")
+
+    # --- the socket (run: Letta pushes each trace) ----------------------------------------
+    socket: Path | None = Field(
+        None,
+        description="run: also listen on this Unix socket for the traces Letta pushes "
+        "(LETTA_TELEMETRY_PROVIDER_TRACE_BACKEND=socket, TELEMETRY_SOCKET=the same path).",
+    )
+    socket_mode: str = Field(
+        "0660", description="Permission bits of the socket file, octal (only its group writes)."
+    )
+    journal_dir: Path | None = Field(
+        None,
+        description="Where received socket records are journaled (default: beside the state "
+        "file, <state_path>.journal).",
+    )
+    journal_max_bytes: int = Field(
+        2 << 30,
+        ge=1 << 20,
+        description="Unshipped bytes the journal holds at most; past it records are refused.",
+    )
+    journal_commit_ms: float = Field(
+        5.0, ge=0, le=1000, description="Milliseconds a journal commit waits to batch fsyncs."
+    )
+    socket_idle_timeout: float = Field(
+        60.0, gt=0, description="Seconds a socket connection may stay silent mid-record."
+    )
+    socket_max_record_bytes: int = Field(
+        128 << 20, ge=1024, description="The longest record (one JSON line) taken, bytes."
+    )
+
+    # --- the database (source=postgres) ---------------------------------------------------
+    database_url: SecretStr | None = Field(
+        None,
+        validation_alias=_env("LETTA_EXPORTER_DATABASE_URL", "LETTA_PG_URI"),
+        description="Letta's PostgreSQL: postgresql://user:password@host:5432/letta.",
+    )
+    database_poll_seconds: float = Field(
+        5.0, gt=0, description="run --source postgres: seconds between reads of new rows."
+    )
+    database_statement_timeout: float = Field(
+        60.0, gt=0, description="Seconds any one database query may run."
+    )
+    database_connect_timeout: float = Field(
+        10.0, gt=0, description="Seconds to wait for the database connection."
+    )
+    database_overlap_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds behind the database clock re-read for rows committed late.",
+    )
+    database_key_page: int = Field(
+        20_000, ge=100, le=1_000_000, description="Row keys per key query (one table scan each)."
+    )
+    database_batch: int = Field(
+        500, ge=1, le=10_000, description="Rows fetched with their steps and runs per query."
+    )
 
     # --- conversion ----------------------------------------------------------------------
     content: Literal["none", "full", "raw"] = Field(
@@ -219,6 +298,10 @@ class Settings(BaseSettings):
     )
     service_name: str = Field("letta", validation_alias=_env("OTEL_SERVICE_NAME"), min_length=1)
     resource_attributes: str | None = Field(None, validation_alias=_env("OTEL_RESOURCE_ATTRIBUTES"))
+
+    prices_file: Path | None = Field(
+        None, description="A price table (TOML or JSON) consulted before the price library."
+    )
 
     # --- delivery ------------------------------------------------------------------------
     sink: Literal["auto", "otlp", "file", "console"] = Field(
@@ -279,6 +362,26 @@ class Settings(BaseSettings):
         120.0,
         gt=0,
         description="One-shot export: how long a failing collector is retried before giving up.",
+    )
+
+    # --- GenAI metrics --------------------------------------------------------------------
+    metrics: bool | None = Field(
+        None,
+        description="GenAI metrics over OTLP: on by default with the OTLP sink, off otherwise.",
+    )
+    metrics_temporality: Literal["cumulative", "delta", "lowmemory"] = Field(
+        "cumulative",
+        validation_alias=_env(
+            "LETTA_EXPORTER_METRICS_TEMPORALITY",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE",
+        ),
+        description="cumulative (Prometheus), delta or lowmemory.",
+    )
+    metrics_agent_attribute: bool = Field(
+        False, description="Add the agent to every metric series (one series per agent)."
+    )
+    metrics_interval_seconds: float = Field(
+        60.0, gt=0, description="Seconds between periodic metric exports."
     )
 
     # --- running -------------------------------------------------------------------------
@@ -376,7 +479,15 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("otlp_protocol", "otlp_compression", "content", "sink", mode="before")
+    @field_validator(
+        "otlp_protocol",
+        "otlp_compression",
+        "content",
+        "sink",
+        "source",
+        "metrics_temporality",
+        mode="before",
+    )
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
@@ -396,12 +507,97 @@ class Settings(BaseSettings):
             raise ValueError("expected 'i/n' with 0 <= i < n, e.g. 0/3")
         return f"{int(match.group(1))}/{int(match.group(2))}"
 
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: Any) -> Any:
+        # TOML gives 0o660 as the integer 432; flags and the environment give text ("0660").
+        if isinstance(value, bool):
+            raise ValueError("expected permission bits in octal, e.g. 0660")
+        if isinstance(value, int):
+            bits = value
+        elif isinstance(value, str) and re.fullmatch(r"\s*(0o?)?[0-7]{1,4}\s*", value, re.I):
+            bits = int(value.strip().lower().removeprefix("0o") or "0", 8)
+        else:
+            raise ValueError("expected permission bits in octal, e.g. 0660")
+        if not 0 <= bits <= 0o777:
+            raise ValueError("expected permission bits in octal from 0000 to 0777, e.g. 0660")
+        if bits & 0o600 != 0o600:
+            raise ValueError("the owner (the exporter) needs read and write: e.g. 0660 or 0600")
+        return f"{bits:04o}"
+
+    @field_validator("journal_max_bytes", "socket_max_record_bytes", mode="before")
+    @classmethod
+    def _sizes(cls, value: Any) -> Any:
+        return parse_size(value) if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never repeats the value: it holds a password.
+        if value is None:
+            return None
+        text = value.get_secret_value().strip()
+        if not text:
+            return None
+        if "://" in text:
+            if not _DATABASE_URL.match(text):
+                raise ValueError(
+                    "expected postgresql://user:password@host:5432/dbname "
+                    "(or a postgresql+driver:// URL as Letta takes it)"
+                )
+            try:
+                port = urlsplit(text).port
+            except ValueError:
+                raise ValueError("the URL's port is not a number from 1 to 65535") from None
+            del port
+        elif not re.match(r"^\s*\w+\s*=", text):
+            raise ValueError(
+                "expected postgresql://user:password@host:5432/dbname or host=... dbname=..."
+            )
+        return SecretStr(text)
+
+    @field_validator("prices_file")
+    @classmethod
+    def _prices_file(cls, value: Path | None) -> Path | None:
+        # Read here, so a bad table is one line at start-up (and in `check`), exit 2.
+        if value is None:
+            return None
+        from .prices import load_price_table  # the price parser: only when a file is given
+
+        try:
+            load_price_table(value)
+        except ConfigError as exc:
+            raise ValueError(exc.message) from None
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.since and self.until and self.since >= self.until:
             raise ValueError("since must be before until")
         if self.source == "file" and self.input is None:
             raise ValueError("source=file needs input (a file of ProviderTraces, or - for stdin)")
+        if self.source == "postgres":
+            if self.database_url is None:
+                raise ValueError(
+                    "source=postgres needs database_url (--database-url, "
+                    "LETTA_EXPORTER_DATABASE_URL or LETTA_PG_URI)"
+                )
+            if self.model is not None:
+                raise ValueError("source=postgres has no model filter (it filters the API's steps)")
+            if self.project_id is not None:
+                raise ValueError(
+                    "source=postgres has no project filter (project_id is for the Letta API)"
+                )
+        if self.metrics and self.effective_sink != "otlp":
+            raise ValueError(
+                f"metrics=true needs the OTLP sink (the sink is {self.effective_sink}): GenAI "
+                "metrics go to the traces' collector"
+            )
+        if self.socket is not None and self.journal_max_bytes < self.socket_max_record_bytes:
+            raise ValueError(
+                "journal_max_bytes is smaller than socket_max_record_bytes: the journal could "
+                "not hold one record of the largest size taken"
+            )
         return self
 
     # ------------------------------------------------------------------------------------
@@ -475,6 +671,45 @@ class Settings(BaseSettings):
         if self.otlp_protocol == "grpc" or re.match(r"^https?://", endpoint):
             return endpoint
         return ("http://" if self.otlp_insecure else "https://") + endpoint
+
+    @property
+    def otlp_metrics_url(self) -> str:
+        """The metrics endpoint beside the traces one: the generic endpoint with ``/v1/metrics``
+        for HTTP (a traces-only URL has its ``/v1/traces`` swapped by the metrics transport);
+        the same ``host:port`` for gRPC."""
+        if self.otlp_protocol == "grpc":
+            return self.otlp_traces_url
+        if self.otlp_endpoint and not self.otlp_traces_endpoint:
+            return self._with_scheme(self.otlp_endpoint).rstrip("/") + "/v1/metrics"
+        return self.otlp_traces_url
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Whether GenAI metrics are on: as set, else on exactly when spans go over OTLP."""
+        if self.metrics is not None:
+            return self.metrics
+        return self.effective_sink == "otlp"
+
+    @property
+    def socket_mode_bits(self) -> int:
+        """``socket_mode`` as permission bits (``0o660``)."""
+        return int(self.socket_mode, 8)
+
+    @property
+    def effective_journal_dir(self) -> Path:
+        """The journal directory: as set, else ``<state_path>.journal`` beside the state file."""
+        if self.journal_dir is not None:
+            return self.journal_dir
+        return self.state_path.with_name(self.state_path.name + ".journal")
+
+    @property
+    def metrics_ledger_path(self) -> Path:
+        """The GenAI metrics' counted-once ledger, beside the state file, one per shard (the
+        processes of ``export --workers`` share the state file, not the ledger)."""
+        name = self.state_path.name + ".metrics-ledger"
+        if (spec := self.shard_spec) is not None:
+            name += f".shard-{spec[0]}-of-{spec[1]}"
+        return self.state_path.with_name(name)
 
     @property
     def since_spec(self) -> str | None:

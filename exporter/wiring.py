@@ -22,6 +22,10 @@ from .batch import Batch
 from .checkpoint import Checkpoint, StreamState, stream_key
 from .convert import ConvertOptions, build_resource
 from .delivered import DeliveredTraces, SkipDelivered, delivered_path
+from .errors import ConfigError
+from .genai_metrics import GenAIMetrics
+from .journal import JournalOptions
+from .prices import load_price_table
 from .run_tracking import RunContext
 from .settings import Settings
 from .shipping import ExportSummary, Shipper
@@ -33,17 +37,21 @@ from .sink import (
     OtlpHttpExporter,
     OtlpJsonFileExporter,
 )
+from .sink._tls import TlsFiles
 from .source import (
     USER_AGENT,
     ApiSource,
     EnrichingSource,
     LettaClient,
+    ListenerOptions,
     RetryPolicy,
     SocketSource,
+    SocketStats,
     Source,
     StepEnricher,
     StepFilter,
 )
+from .source._postgres import PostgresOptions, PostgresSource
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
 from .worker import Worker, WorkerOptions
@@ -56,11 +64,15 @@ __all__ = [
     "build_shipper",
     "build_worker",
     "convert_options",
+    "genai_metrics",
     "letta_client",
+    "postgres_options",
+    "postgres_source",
     "reconcile_poll_seconds",
     "resource",
     "sink_target",
     "socket_sidecar",
+    "socket_source",
     "source_worker",
     "step_filter",
     "stream",
@@ -169,12 +181,17 @@ def build_exporter(settings: Settings) -> DeliveringExporter:
 
 
 def convert_options(settings: Settings) -> ConvertOptions:
-    """The content policy and id options."""
+    """The content policy, id options and the user's prices.
+
+    Raises:
+        ConfigError: the price file can no longer be read (it was checked at load).
+    """
     return ConvertOptions(
         content=settings.content,
         content_max_bytes=settings.content_max_bytes,
         redact_patterns=tuple(settings.redact_patterns),
         join_letta_traces=settings.join_letta_traces,
+        prices=load_price_table(settings.prices_file) if settings.prices_file else None,
     )
 
 
@@ -492,3 +509,90 @@ def socket_sidecar(
     )
     sidecar.workers.append(WorkerTask(worker, poll_seconds=poll, name="api"))
     return sidecar
+
+
+def socket_source(settings: Settings, *, stats: SocketStats | None = None) -> SocketSource:
+    """The socket receiver of ``run --socket`` (not started: ``start()`` or ``read()`` listens).
+
+    Raises:
+        ConfigError: no socket is configured.
+    """
+    if settings.socket is None:
+        raise ConfigError("socket", "not set (--socket, LETTA_EXPORTER_SOCKET)")
+    return SocketSource(
+        settings.socket,
+        settings.effective_journal_dir,
+        listener=ListenerOptions(
+            mode=settings.socket_mode_bits,
+            max_record_bytes=settings.socket_max_record_bytes,
+            idle_timeout=settings.socket_idle_timeout,
+        ),
+        journal=JournalOptions(
+            max_bytes=settings.journal_max_bytes,
+            commit_delay=settings.journal_commit_ms / 1000,
+        ),
+        stats=stats,
+    )
+
+
+def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
+    """What the database source reads: the one-shot job's window (``window=True``: ``since``,
+    ``until`` and ``limit``), or the sidecar's (``since`` bounds its first start only).
+
+    Raises:
+        ConfigError: no database URL is configured.
+    """
+    if settings.database_url is None:
+        raise ConfigError(
+            "database_url", "not set (--database-url, LETTA_EXPORTER_DATABASE_URL, LETTA_PG_URI)"
+        )
+    return PostgresOptions(
+        dsn=settings.database_url.get_secret_value(),
+        since=settings.since,
+        until=settings.until if window else None,
+        agent_ids=tuple(settings.agent_ids),
+        limit=settings.limit if window else None,
+        shard=settings.shard_spec,
+        key_page=settings.database_key_page,
+        batch=settings.database_batch,
+        statement_timeout=settings.database_statement_timeout,
+        connect_timeout=settings.database_connect_timeout,
+        poll_interval=settings.database_poll_seconds,
+        overlap=settings.database_overlap_seconds,
+    )
+
+
+def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
+    """The database source (``source=postgres``); see :func:`postgres_options`."""
+    return PostgresSource(postgres_options(settings, window=window))
+
+
+def genai_metrics(settings: Settings, resource: Resource) -> GenAIMetrics | None:
+    """GenAI metrics to the traces' collector (endpoint, protocol, headers, TLS, timeout and
+    compression as for traces), counted once in a ledger beside the state file (one per
+    shard); ``None`` when metrics are off (:attr:`Settings.metrics_enabled`).
+
+    Raises:
+        ConfigError: a bad endpoint, header or TLS file.
+    """
+    if not settings.metrics_enabled:
+        return None
+    tls = TlsFiles.load(
+        certificate_file=settings.otlp_certificate,
+        client_key_file=settings.otlp_client_key,
+        client_certificate_file=settings.otlp_client_certificate,
+    )
+    return GenAIMetrics.from_config(
+        endpoint=settings.otlp_metrics_url,
+        protocol=settings.otlp_protocol,
+        resource=resource,
+        headers=settings.otlp_header_dict(),
+        temporality=settings.metrics_temporality,
+        agent_attribute=settings.metrics_agent_attribute,
+        ledger_path=settings.metrics_ledger_path,
+        timeout=settings.otlp_timeout_ms / 1000,
+        compression=settings.otlp_compression,
+        insecure=settings.otlp_insecure,
+        tls=tls,
+        export_interval_s=settings.metrics_interval_seconds,
+    )

@@ -913,7 +913,7 @@ def test_example_toml_commented_values_are_valid(tmp_path: Path) -> None:
 
 def test_example_toml_keeps_secrets_commented() -> None:
     data = tomllib.loads(EXAMPLE_TOML.read_text(encoding="utf-8"))
-    for field in ("letta_api_key", "otlp_headers"):
+    for field in ("letta_api_key", "otlp_headers", "database_url"):
         assert field not in data
         assert key_line(field)[1]
 
@@ -1149,3 +1149,121 @@ def test_deploy_doc_kubernetes_manifests() -> None:
     }
     for name in settings_env:
         assert name.removeprefix("LETTA_EXPORTER_").lower() in Settings.model_fields, name
+
+
+# --- the socket and the database ----------------------------------------------------------------
+
+K8S_SIDECAR = CONFIG / "kubernetes" / "letta-with-exporter-sidecar.yaml"
+
+
+def run_flags(args: list[str]) -> dict[str, Any]:
+    """The flags a `run` command line gives (parsed by the CLI itself)."""
+    command = cli_group().commands[args[0]]
+    context = command.make_context(args[0], list(args[1:]))
+    return {k: v for k, v in context.params.items() if v not in (None, (), False)}
+
+
+def test_compose_letta_pushes_to_the_exporters_socket(services: dict[str, Any]) -> None:
+    letta = environment(services["letta"])
+    backends = letta["LETTA_TELEMETRY_PROVIDER_TRACE_BACKEND"].split(",")
+    assert backends[0] == "postgres", "postgres first: it serves the API's reads"
+    assert "socket" in backends
+    path = PurePosixPath(letta["TELEMETRY_SOCKET"])
+    exporter = services["exporter"]
+    flags = run_flags(exporter["command"])
+    assert exporter["command"][0] == "run"
+    assert PurePosixPath(str(flags["socket"])) == path
+    # One named volume holds the socket's directory in both containers.
+    letta_volume = named_volume_at(services["letta"], str(path))
+    assert letta_volume is not None
+    assert named_volume_at(exporter, str(path)) == letta_volume
+    # ... handed to the exporter's uid before it starts.
+    init = services["init-volumes"]
+    assert named_volume_at(init, str(path)) == letta_volume
+    assert str(path.parent) in init["command"]
+    assert "10001:10001" in init["command"]
+    assert exporter["depends_on"]["init-volumes"]["condition"] == "service_completed_successfully"
+    # The API poll stays on, to reconcile what the socket missed.
+    assert host_port(environment(exporter)["LETTA_BASE_URL"])[0] == "letta"
+
+
+def test_compose_journal_is_on_the_state_volume(
+    services: dict[str, Any], image_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    exporter = services["exporter"]
+    for key, value in {**image_env, **environment(exporter)}.items():
+        if key.startswith(("LETTA_", "OTEL_")):
+            monkeypatch.setenv(key, value)
+    flags = run_flags(exporter["command"])
+    settings = Settings.load(socket=flags["socket"])
+    assert named_volume_at(exporter, str(settings.effective_journal_dir)) == "exporter-state"
+
+
+def sidecar_items() -> dict[str, dict[str, Any]]:
+    data = load_yaml(K8S_SIDECAR)
+    assert data["kind"] == "List"
+    return {item["kind"]: item for item in data["items"]}
+
+
+def test_kubernetes_sidecar_manifest_shares_the_socket_with_letta() -> None:
+    items = sidecar_items()
+    pod = items["Deployment"]["spec"]["template"]["spec"]
+    (sidecar,) = pod["initContainers"]
+    (letta,) = pod["containers"]
+    assert sidecar["restartPolicy"] == "Always", "a native sidecar"
+    flags = run_flags(sidecar["args"])
+    socket_path = PurePosixPath(str(flags["socket"]))
+    letta_env = {e["name"]: e.get("value") for e in letta["env"]}
+    assert PurePosixPath(letta_env["TELEMETRY_SOCKET"]) == socket_path
+    assert letta_env["LETTA_TELEMETRY_PROVIDER_TRACE_BACKEND"].split(",")[0] == "postgres"
+    assert "socket" in letta_env["LETTA_TELEMETRY_PROVIDER_TRACE_BACKEND"].split(",")
+    volumes = {v["name"]: v for v in pod["volumes"]}
+
+    def volume_at(container: dict[str, Any], path: PurePosixPath) -> str:
+        (name,) = [
+            m["name"]
+            for m in container["volumeMounts"]
+            if path == PurePosixPath(m["mountPath"])
+            or PurePosixPath(m["mountPath"]) in path.parents
+        ]
+        return str(name)
+
+    shared = volume_at(sidecar, socket_path)
+    assert volume_at(letta, socket_path) == shared
+    assert "emptyDir" in volumes[shared]
+    # The socket is mode 0660 with the exporter's group: fsGroup gives Letta's process that group.
+    assert pod["securityContext"]["fsGroup"] == sidecar["securityContext"]["runAsGroup"]
+    assert Settings.model_fields["socket_mode"].default == "0660"
+    # Startup waits for the socket, so Letta's first traces find it.
+    assert socket_path.as_posix() in sidecar["startupProbe"]["exec"]["command"]
+    # The journal (beside the state file) is on the claim.
+    volume_dir = json.loads(instructions(dockerfile_stages()[1][-1], "VOLUME")[0])[0]
+    state = volumes[volume_at(sidecar, PurePosixPath(volume_dir))]
+    claim = state["persistentVolumeClaim"]["claimName"]
+    assert claim == items["PersistentVolumeClaim"]["metadata"]["name"]
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    assert host_port(env["LETTA_BASE_URL"])[0] == "127.0.0.1", "the API of the same pod"
+    health_port = Settings.model_fields["health_port"].default
+    assert sidecar["ports"][0]["containerPort"] == health_port
+
+
+def test_readme_shows_the_sidecar_manifest_as_in_config() -> None:
+    shown = {doc["kind"]: doc for doc in deploy_doc_manifests()}
+    for kind, item in sidecar_items().items():
+        assert shown[kind] == item, kind
+
+
+def test_readme_grants_the_read_only_role_every_table_the_source_reads() -> None:
+    from exporter.source._pg_schema import OPTIONAL, REQUIRED
+
+    text = DEPLOY_DOC.read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```sql\n(.*?)```", text, re.DOTALL) if "GRANT" in b]
+    grant = re.search(r"GRANT SELECT ON (.*?)\s+TO (\w+);", block, re.DOTALL)
+    assert grant, block
+    tables = {t.strip() for t in grant.group(1).split(",")}
+    assert tables == set(REQUIRED) | set(OPTIONAL)
+    role = grant.group(2)
+    assert f"CREATE ROLE {role} LOGIN" in block
+    assert f"ALTER ROLE {role} SET default_transaction_read_only = on;" in block
+    assert "INSERT" not in block
+    assert "UPDATE" not in block

@@ -65,7 +65,7 @@ def test_a_row_agrees_with_the_model(name):
     if minimum is not None and minimum > 1:
         assert f">= {minimum}" in meaning or f"minimum {minimum}" in meaning
     flags = re.findall(r"`(--[a-z-]+)`", flag)
-    scope = re.search(r"\(((?:run|export)(?:, (?:run|export))?)[;)]", flag)
+    scope = re.search(r"\(((?:run|export|check)(?:, (?:run|export|check))*)[;)]", flag)
     commands = scope.group(1).split(", ") if scope else ["run", "export", "check"]
     for command in commands:
         assert set(flags) <= _flags(command), (name, command)

@@ -617,3 +617,190 @@ def test_shard_spec(monkeypatch: pytest.MonkeyPatch, text: str, spec: tuple[int,
     settings = Settings.load()
     assert settings.shard_spec == spec
     assert settings.shard == f"{spec[0]}/{spec[1]}"
+
+
+# --- the socket, the journal ------------------------------------------------------------------
+
+
+def test_socket_settings_defaults_and_derived_values(tmp_path: Path) -> None:
+    settings = Settings.load(state_path=tmp_path / "state.json")
+    assert settings.socket is None
+    assert settings.socket_mode == "0660"
+    assert settings.socket_mode_bits == 0o660
+    assert settings.journal_max_bytes == 2 << 30
+    assert settings.socket_max_record_bytes == 128 << 20
+    assert settings.effective_journal_dir == tmp_path / "state.json.journal"
+
+
+@pytest.mark.parametrize(
+    ("given", "bits"), [("0660", 0o660), ("660", 0o660), ("0o600", 0o600), (" 0770 ", 0o770)]
+)
+def test_socket_mode_is_octal_text(monkeypatch: pytest.MonkeyPatch, given: str, bits: int) -> None:
+    monkeypatch.setenv("LETTA_EXPORTER_SOCKET_MODE", given)
+    assert Settings.load().socket_mode_bits == bits
+
+
+def test_socket_mode_from_a_toml_octal_integer(toml) -> None:
+    settings = Settings.load(config_file=toml("socket_mode = 0o640\n"))
+    assert settings.socket_mode == "0640"
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("0999", "octal"),
+        ("rw-rw----", "octal"),
+        ("01777", "octal"),
+        ("0440", "read and write"),
+    ],
+)
+def test_bad_socket_mode_is_one_line(given: str, message: str) -> None:
+    error = config_error(socket_mode=given)
+    assert error.setting.startswith("socket_mode (flag --socket-mode)")
+    assert message in error.message
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("given", "size"),
+    [("1073741824", 1 << 30), ("512MiB", 512 << 20), ("2GiB", 2 << 30), ("64 M", 64 << 20)],
+)
+def test_journal_size_with_units(monkeypatch: pytest.MonkeyPatch, given: str, size: int) -> None:
+    monkeypatch.setenv("LETTA_EXPORTER_JOURNAL_MAX_BYTES", given)
+    assert Settings.load().journal_max_bytes == size
+
+
+def test_journal_sizes_are_checked() -> None:
+    assert "size" in config_error(journal_max_bytes="lots").message
+    assert "greater than or equal" in config_error(journal_max_bytes="1KiB").message
+    error = config_error(socket="/tmp/t.sock", journal_max_bytes="64MiB")
+    assert "socket_max_record_bytes" in str(error)
+
+
+def test_socket_from_env_toml_and_flag(monkeypatch: pytest.MonkeyPatch, toml) -> None:
+    path = toml('socket = "/from/toml.sock"\n')
+    assert Settings.load(config_file=path).socket == Path("/from/toml.sock")
+    monkeypatch.setenv("LETTA_EXPORTER_SOCKET", "/from/env.sock")
+    assert Settings.load(config_file=path).socket == Path("/from/env.sock")
+    assert Settings.load(config_file=path, socket="/flag.sock").socket == Path("/flag.sock")
+
+
+# --- the database -----------------------------------------------------------------------------
+
+_PG = "postgresql://reader:pg-SECRET-pw@db:5432/letta"
+
+
+def test_database_url_falls_back_to_lettas_own_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETTA_PG_URI", "postgresql+asyncpg://letta:letta@postgres:5432/letta")
+    settings = Settings.load()
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value().startswith("postgresql+asyncpg://")
+    monkeypatch.setenv("LETTA_EXPORTER_DATABASE_URL", _PG)
+    settings = Settings.load()
+    assert settings.database_url is not None
+    assert settings.database_url.get_secret_value() == _PG
+    assert env_names("database_url") == ["LETTA_EXPORTER_DATABASE_URL", "LETTA_PG_URI"]
+
+
+def test_source_postgres_needs_a_database_url() -> None:
+    error = config_error(source="postgres")
+    assert "database_url" in str(error)
+    assert "LETTA_PG_URI" in str(error)
+    settings = Settings.load(source="POSTGRES", database_url=_PG)
+    assert settings.source == "postgres"
+
+
+def test_source_postgres_refuses_the_api_only_filters() -> None:
+    assert "model filter" in str(config_error(source="postgres", database_url=_PG, model="x"))
+    assert "project" in str(config_error(source="postgres", database_url=_PG, project_id="p"))
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql://reader:pg-SECRET-pw@db/letta",
+        "postgresql://reader:pg-SECRET-pw@db:99999/letta",
+        "pg-SECRET-pw",
+    ],
+)
+def test_bad_database_url_never_echoes_the_password(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("LETTA_EXPORTER_DATABASE_URL", url)
+    error = config_error()
+    assert error.setting == "database_url (LETTA_EXPORTER_DATABASE_URL)"
+    shown = "".join(traceback.format_exception(error))
+    assert "SECRET" not in shown
+
+
+def test_database_url_is_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETTA_EXPORTER_DATABASE_URL", _PG)
+    settings = Settings.load(source="postgres")
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "SECRET" not in shown
+
+
+def test_database_keyword_form_accepted() -> None:
+    settings = Settings.load(database_url="host=db dbname=letta user=reader password=x")
+    assert settings.database_url is not None
+
+
+# --- GenAI metrics and prices -----------------------------------------------------------------
+
+
+def test_metrics_follow_the_sink_unless_set() -> None:
+    assert Settings.load().metrics_enabled is False  # the file sink
+    assert Settings.load(sink="console").metrics_enabled is False
+    assert Settings.load(otlp_endpoint="http://c:4318").metrics_enabled is True
+    assert Settings.load(otlp_endpoint="http://c:4318", metrics=False).metrics_enabled is False
+    error = config_error(metrics=True, sink="file")
+    assert "OTLP sink" in str(error)
+
+
+@pytest.mark.parametrize("value", ["delta", "Delta", "LOWMEMORY", "cumulative"])
+def test_metrics_temporality_from_the_otel_variable(monkeypatch, value: str) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", value)
+    assert Settings.load().metrics_temporality == value.lower()
+    monkeypatch.setenv("LETTA_EXPORTER_METRICS_TEMPORALITY", "cumulative")
+    assert Settings.load().metrics_temporality == "cumulative"
+
+
+def test_bad_metrics_temporality() -> None:
+    error = config_error(metrics_temporality="sometimes")
+    assert error.setting.startswith("metrics_temporality")
+    assert "cumulative" in error.message
+
+
+@pytest.mark.parametrize(
+    ("settings", "url"),
+    [
+        ({"otlp_endpoint": "http://c:4318"}, "http://c:4318/v1/metrics"),
+        ({"otlp_endpoint": "http://c:4318/otlp/"}, "http://c:4318/otlp/v1/metrics"),
+        ({"otlp_traces_endpoint": "http://c:4318/v1/traces"}, "http://c:4318/v1/traces"),
+        ({"otlp_endpoint": "c:4317", "otlp_protocol": "grpc"}, "c:4317"),
+    ],
+)
+def test_metrics_url_beside_the_traces(settings: dict[str, str], url: str) -> None:
+    # A traces-only URL is handed on as it is; the metrics transport swaps /v1/traces.
+    assert Settings.load(**settings).otlp_metrics_url == url
+
+
+def test_metrics_ledger_beside_the_state_file_per_shard(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    assert Settings.load(state_path=state).metrics_ledger_path == tmp_path / (
+        "state.json.metrics-ledger"
+    )
+    sharded = Settings.load(state_path=state, shard="1/3").metrics_ledger_path
+    assert sharded == tmp_path / "state.json.metrics-ledger.shard-1-of-3"
+
+
+def test_prices_file_is_read_at_load(tmp_path: Path) -> None:
+    good = tmp_path / "prices.toml"
+    good.write_text('[models."m"]\ninput = 1\noutput = 2\n', encoding="utf-8")
+    assert Settings.load(prices_file=good).prices_file == good
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[models."m"]\ninput = 1\n', encoding="utf-8")
+    error = config_error(prices_file=bad)
+    assert error.setting == "prices_file (flag --prices-file)"
+    assert "output is required" in error.message
+    assert "\n" not in str(error)
+    missing = config_error(prices_file=tmp_path / "none.toml")
+    assert "cannot read" in missing.message
