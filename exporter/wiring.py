@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -51,6 +52,7 @@ from .source import (
     StepEnricher,
     StepFilter,
 )
+from .source._pg_dsn import mask_dsn
 from .source._postgres import PostgresOptions, PostgresSource
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
@@ -67,6 +69,7 @@ __all__ = [
     "genai_metrics",
     "letta_client",
     "postgres_options",
+    "postgres_run_source",
     "postgres_source",
     "reconcile_poll_seconds",
     "resource",
@@ -563,8 +566,32 @@ def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
 
 
 def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
-    """The database source (``source=postgres``); see :func:`postgres_options`."""
-    return PostgresSource(postgres_options(settings, window=window))
+    """The database source (``source=postgres``); see :func:`postgres_options`.
+
+    Its checkpoint stream is keyed like the API's (:func:`stream`): the database (password
+    masked) and the filters, with a one-shot job's window as written (``since=30d``), so the
+    same command resumes its stream; the sidecar's ignores the window.
+    """
+    options = postgres_options(settings, window=window)
+    parts: dict[str, Any] = {
+        "database": mask_dsn(options.dsn),
+        "agents": sorted(settings.agent_ids),
+        "shard": settings.shard,
+    }
+    if window:
+        parts["since"] = settings.since_spec or (
+            settings.since.isoformat() if settings.since else None
+        )
+        parts["until"] = settings.until_spec or (
+            settings.until.isoformat() if settings.until else None
+        )
+        parts["limit"] = settings.limit
+    return PostgresSource(replace(options, stream=f"postgres:{stream_key(**parts)}"))
+
+
+def postgres_run_source(settings: Settings) -> PostgresSource:
+    """The database source of ``run --source postgres`` (follows new rows)."""
+    return postgres_source(settings, window=False)
 
 
 def genai_metrics(settings: Settings, resource: Resource) -> GenAIMetrics | None:
