@@ -35,6 +35,7 @@ DEFAULT_CAPACITY: Final = 50_000
 #: The ledger's first 128 bits say what a key is: a provider trace, or a run.
 _TRACE: Final = 1
 _RUN: Final = 2
+_STEP: Final = 3
 
 
 def delivered_path(state_path: Path) -> Path:
@@ -64,10 +65,19 @@ class DeliveredTraces:
         """Whether the socket delivered a trace of this run (it ships the run's parent span)."""
         return self._ledger.contains(_RUN, span_id_for(run_id))
 
-    def add(self, trace_ids: Iterable[str], run_ids: Iterable[str] = ()) -> None:
-        """Remember delivered traces and their runs, on disk before returning (one fsync)."""
+    def has_step(self, step_id: str) -> bool:
+        """Whether the socket delivered a trace of this step (the API may never return it: a
+        compacted step's traces)."""
+        return self._ledger.contains(_STEP, span_id_for(step_id))
+
+    def add(
+        self, trace_ids: Iterable[str], run_ids: Iterable[str] = (), step_ids: Iterable[str] = ()
+    ) -> None:
+        """Remember delivered traces, their runs and steps, on disk before returning (one
+        fsync)."""
         keys = [f"{_TRACE:032x}{span_id_for(t):016x}" for t in trace_ids]
         keys += [f"{_RUN:032x}{span_id_for(r):016x}" for r in set(run_ids)]
+        keys += [f"{_STEP:032x}{span_id_for(s):016x}" for s in set(step_ids)]
         self._ledger.add(keys)
 
 

@@ -100,9 +100,11 @@ class SocketDelivered:
         now = self._clock()
         traces: list[str] = []
         runs: list[str] = []
+        steps: list[str] = []
         for entry in batch.entries:
             if entry.kind is not Kind.SPAN or entry.span_index is None:
                 continue
+            steps.append(entry.step_id)
             if entry.trace_id:
                 traces.append(entry.trace_id)
             if entry.run_id:
@@ -112,7 +114,7 @@ class SocketDelivered:
             if end:
                 self._metrics.socket_delivery_seconds.observe(max(0.0, now - end / 1e9))
         if self._delivered is not None and traces:
-            await asyncio.to_thread(self._delivered.add, traces, runs)
+            await asyncio.to_thread(self._delivered.add, traces, runs, steps)
         if state.cursor is not None:
             await self._socket.acknowledge(state.cursor)
 
