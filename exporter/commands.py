@@ -355,7 +355,7 @@ async def _sidecar_plan(
     await sidecar.start()  # listen at once: records are journaled while the rest starts
     api = (
         f"; Letta {settings.letta_base_url} for context, reconciled every "
-        f"{wiring.reconcile_poll_seconds(settings):.0f}s"
+        f"{wiring.reconcile_poll_seconds(settings):g}s"
         if client is not None
         else "; no Letta API (spans from the records alone)"
     )

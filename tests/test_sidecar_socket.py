@@ -274,7 +274,9 @@ def test_socket_and_api_together_deliver_nothing_twice(short_dir):
         try:
             assert _wait(lambda: _get(port, "/readyz")[0] == 200)
             _replay(short_dir / "t.sock", sent)
-            assert _wait(lambda: _llm_ids(rx, socket_ids) == socket_ids)
+            if not _wait(lambda: _llm_ids(rx, socket_ids) == socket_ids):
+                proc.kill()
+                pytest.fail(proc.communicate()[1][-5000:])
             # Only now does the API show the traces (the socket delivered them first).
             for step_id, view in API_VIEW.items():
                 if step_id != missed_step:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -20,7 +21,6 @@ from typing import Final, Protocol, TypeVar
 
 from .._ratelimit import RateLimitedLog
 from .._singleflight import SingleFlight
-from .._window import ordered_map
 from ..errors import RecordInvalidError, SourceError, SourceHTTPError
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
 from ._contract import CaughtUp, Event, Found, Source
@@ -235,16 +235,34 @@ class EnrichingSource:
         await self._enricher.aclose()
 
     async def read(self, *, resume: str | None, follow: bool) -> AsyncIterator[Event]:
-        async for event in ordered_map(
-            self._source.read(resume=resume, follow=follow),
-            self._complete,
-            depth=self._depth,
-            needs_work=self._needs_work,
-            done=self._as_is,
-        ):
-            if isinstance(event, CaughtUp):
-                await self._enricher.new_pass()
-            yield event
+        # Like the read-ahead window of ``_window.ordered_map``, but a CaughtUp flushes it: a
+        # followed source (the socket) may send nothing more for a long time, and what it sent
+        # must not wait in the window for more to come.
+        window: deque[asyncio.Future[Event]] = deque()
+        loop = asyncio.get_running_loop()
+        try:
+            async for event in self._source.read(resume=resume, follow=follow):
+                if isinstance(event, CaughtUp):
+                    while window:
+                        yield await window.popleft()
+                    yield event
+                    await self._enricher.new_pass()
+                    continue
+                if self._needs_work(event):
+                    window.append(asyncio.ensure_future(self._complete(event)))
+                else:
+                    ready = loop.create_future()
+                    ready.set_result(self._as_is(event))
+                    window.append(ready)
+                while len(window) >= self._depth:
+                    yield await window.popleft()
+            while window:
+                yield await window.popleft()
+        finally:
+            for future in window:
+                future.cancel()
+            if window:
+                await asyncio.gather(*window, return_exceptions=True)
 
     def _needs_work(self, event: Event) -> bool:
         return _lacks_context(event) and self._clock() >= self._down_until
