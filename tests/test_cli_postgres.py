@@ -224,3 +224,38 @@ def test_run_follows_the_table_for_new_rows(dsn, tmp_path):
                 conn.execute("DELETE FROM provider_traces WHERE id = %s", (new_id,))
         assert proc.returncode == 0, err
         assert rx.duplicate_count == 0
+
+
+def test_mixing_the_socket_and_the_database_never_makes_two_spans_of_one_trace(dsn, tmp_path):
+    from . import test_sidecar_socket as sock
+
+    rows = _rows(dsn)
+    expected = {f"{span_id_for(row_id):016x}" for row_id, _, _ in rows}
+    short = Path(sock.tempfile.mkdtemp(prefix="lsx", dir="/tmp"))
+    try:
+        with OtlpReceiver() as rx:
+            port = sock._free_port()
+            proc = sock._start(sock._env(short, rx), port)
+            try:
+                assert _wait(lambda: sock._get(port, "/readyz")[0] == 200)
+                sock._replay(short / "t.sock", sock.RECORDS)
+                pushed = {
+                    f"{span_id_for(json.loads(line)['provider_trace_id']):016x}"
+                    for line in sock.RECORDS
+                }
+                assert _wait(lambda: _llm(rx, pushed) == pushed)
+            finally:
+                code, err = sock._stop(proc)
+            assert code == 0, err
+            from_socket = {(t, s) for t, s in rx.span_ids() if s in pushed}
+
+            code, report, err = _export(_env(tmp_path, rx, dsn))
+            assert code == 0, err
+            assert report["exported"] == 53
+            # One span per trace in the backend: the database's spans of the pushed traces
+            # carry the very ids the socket's had (trace id and span id).
+            llm = {(t, s) for t, s in rx.span_ids() if s in expected}
+            assert len(llm) == 53
+            assert from_socket <= llm
+    finally:
+        sock.shutil.rmtree(short, ignore_errors=True)
