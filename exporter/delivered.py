@@ -24,7 +24,7 @@ from typing import Final
 
 from .convert import span_id_for
 from .genai_metrics import CountedLedger
-from .source import Event, Found, Skipped, Source
+from .source import Awaiting, Event, Found, Missing, Skipped, Source
 
 __all__ = ["DEFAULT_CAPACITY", "DeliveredTraces", "SkipDelivered", "delivered_path"]
 
@@ -109,15 +109,24 @@ class SkipDelivered:
 
     async def read(self, *, resume: str | None, follow: bool) -> AsyncIterator[Event]:
         async for event in self._source.read(resume=resume, follow=follow):
-            if (
-                isinstance(event, Found)
-                and event.trace.id
-                and self._delivered.has_trace(event.trace.id)
-            ):
+            skipped = self._skipped(event)
+            if skipped is not None:
                 self.skipped += 1
-                step_id = (event.step.id if event.step else None) or event.trace.step_id
-                yield Skipped(
-                    step_id or event.trace.id, position=event.position, step=event.step, seen=True
-                )
+                yield skipped
                 continue
             yield event
+
+    def _skipped(self, event: Event) -> Skipped | None:
+        """The event as a :class:`Skipped` when the socket delivered it already."""
+        seen = self._delivered
+        if isinstance(event, Found):
+            trace = event.trace
+            if not trace.id or not seen.has_trace(trace.id):
+                return None
+            step_id = (event.step.id if event.step else None) or trace.step_id or trace.id
+            return Skipped(step_id, position=event.position, step=event.step, seen=True)
+        if isinstance(event, Awaiting | Missing) and seen.has_step(event.step_id):
+            # The API has no trace for the step (yet, or ever: a compacted step's), the socket
+            # delivered one: nothing to wait for, nothing to report.
+            return Skipped(event.step_id, position=event.position, step=event.step, seen=True)
+        return None

@@ -48,8 +48,10 @@ def test_the_ledger_survives_a_restart_and_stays_bounded(tmp_path):
     ledger.add([_trace(n).id for n in range(5)], ["run-a"], ["step-a"])
     again = DeliveredTraces(path, capacity=10)
     assert all(again.has_trace(_trace(n).id) for n in range(5))
-    assert again.has_run("run-a") and again.has_step("step-a")
-    assert not again.has_trace(_trace(99).id) and not again.has_run("run-b")
+    assert again.has_run("run-a")
+    assert again.has_step("step-a")
+    assert not again.has_trace(_trace(99).id)
+    assert not again.has_run("run-b")
     again.add([_trace(n).id for n in range(100, 120)])
     assert not again.has_trace(_trace(0).id)  # the oldest went first
     assert again.has_trace(_trace(119).id)
@@ -70,10 +72,13 @@ async def test_what_the_socket_delivered_only_moves_the_poll_cursor():
     ]
     source = SkipDelivered(_Listed(events), ledger)
     got = [event async for event in source.read(resume=None, follow=False)]
-    assert isinstance(got[0], Skipped) and got[0].step_id == "step-1" and got[0].seen
+    assert isinstance(got[0], Skipped)
+    assert got[0].step_id == "step-1"
+    assert got[0].seen
     assert got[0].position == "p1"
     assert isinstance(got[1], Found)  # the socket never had it: the poll ships it
-    assert isinstance(got[2], Skipped) and got[2].position == "p4"
+    assert isinstance(got[2], Skipped)
+    assert got[2].position == "p4"
     assert isinstance(got[3], Skipped)  # a compacted step's null: nothing to report
     assert isinstance(got[4], Awaiting)
     assert source.skipped == 3
