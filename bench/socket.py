@@ -200,8 +200,8 @@ def _pipeline(conn: Connection, path: str, journal_dir: str, endpoint: str, case
         counts = {"delivered": 0}
         trim = SocketDelivered(source, None, metrics)
 
-        async def after(batch: Any, state: Any) -> None:
-            await trim(batch, state)
+        async def accepted(batch: Any) -> None:
+            await trim.accepted(batch)
             now = time.time()
             latencies.extend(now - span.end_time / 1e9 for span in batch.spans)
             before = counts["delivered"]
@@ -218,7 +218,8 @@ def _pipeline(conn: Connection, path: str, journal_dir: str, endpoint: str, case
             metrics=metrics,
             dead_letter=DeadLetter(settings.dead_letter_path),
             run_idle_seconds=wiring.SOCKET_RUN_IDLE_SECONDS,
-            after_delivery=after,
+            on_accepted=accepted,
+            after_delivery=trim,
         )
         conn.send("ready")
         cpu0 = os.times()

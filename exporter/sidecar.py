@@ -5,11 +5,11 @@ and the workers it runs side by side.
 own checkpoint stream:
 
 * the **socket worker** follows the :class:`~exporter.source.SocketSource` (wrapped in an
-  :class:`~exporter.source.EnrichingSource` when the Letta API is configured). After each
-  delivered batch's checkpoint is saved, :class:`SocketDelivered` trims the journal to the saved
-  position, adds the batch's provider trace ids (and runs) to the
-  :class:`~exporter.delivered.DeliveredTraces` ledger and observes each span's delay from the
-  record's timestamp to the collector's acceptance;
+  :class:`~exporter.source.EnrichingSource` when the Letta API is configured). As soon as the
+  collector accepts a batch, :class:`SocketDelivered` adds its provider trace ids (steps, runs)
+  to the :class:`~exporter.delivered.DeliveredTraces` ledger and observes each span's delay from
+  the record's timestamp to the acceptance; once the batch's checkpoint is saved, it trims the
+  journal to the saved position;
 * the **API worker** (with an API only) polls the API at a longer interval to reconcile what the
   socket missed, through :class:`~exporter.delivered.SkipDelivered`, so nothing the socket
   delivered is sent again, and leaves the parent spans of the socket's runs to the socket worker.
@@ -96,7 +96,9 @@ class SocketDelivered:
         self._metrics = metrics
         self._clock = clock
 
-    async def __call__(self, batch: Batch, state: StreamState) -> None:
+    async def accepted(self, batch: Batch) -> None:
+        """The collector took the batch (the worker's ``on_accepted``): remember its traces
+        before anything else can ask (the API poll), and observe each span's delay."""
         now = self._clock()
         traces: list[str] = []
         runs: list[str] = []
@@ -115,6 +117,9 @@ class SocketDelivered:
                 self._metrics.socket_delivery_seconds.observe(max(0.0, now - end / 1e9))
         if self._delivered is not None and traces:
             await asyncio.to_thread(self._delivered.add, traces, runs, steps)
+
+    async def __call__(self, batch: Batch, state: StreamState) -> None:
+        """The batch's checkpoint is saved (the worker's ``after_delivery``): trim the journal."""
         if state.cursor is not None:
             await self._socket.acknowledge(state.cursor)
 

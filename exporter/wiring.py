@@ -379,6 +379,7 @@ def source_worker(
     runs: RunContext | None = None,
     run_idle_seconds: float | None = None,
     on_progress: Callable[[ExportSummary], None] | None = None,
+    on_accepted: Callable[[Batch], Awaitable[None]] | None = None,
     after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
     owns_run: Callable[[str], bool] | None = None,
     clock: Callable[[], float] = time.time,
@@ -407,6 +408,7 @@ def source_worker(
         runs=runs,
         run_idle_seconds=run_idle_seconds,
         on_progress=on_progress,
+        on_accepted=on_accepted,
         after_delivery=after_delivery,
         owns_run=owns_run,
         clock=clock,
@@ -451,6 +453,7 @@ def socket_sidecar(
     if client is not None:
         enricher = StepEnricher(client, agent_ids=tuple(settings.agent_ids))
         source, runs = EnrichingSource(socket, enricher), enricher
+    delivery = SocketDelivered(socket, delivered, metrics, clock=clock)
     sidecar.workers.append(
         WorkerTask(
             source_worker(
@@ -463,7 +466,8 @@ def socket_sidecar(
                 dead_letter=dead_letter,
                 runs=runs,
                 run_idle_seconds=SOCKET_RUN_IDLE_SECONDS,
-                after_delivery=SocketDelivered(socket, delivered, metrics, clock=clock),
+                on_accepted=delivery.accepted,
+                after_delivery=delivery,
                 clock=clock,
             ),
             poll_seconds=1.0,

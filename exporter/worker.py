@@ -74,8 +74,10 @@ class Worker:
         runs: where runs and agents for parent spans come from (default: what the events carry).
         run_idle_seconds: the idle rule for runs without a status (None: off).
         on_progress: called with the running summary after each batch (progress bars).
+        on_accepted: awaited with each batch as soon as the collector accepted it, before the
+            checkpoint is saved (the delivered-traces ledger, the delay histogram).
         after_delivery: awaited with each delivered batch once its checkpoint is saved (the
-            socket source's journal trim, the delivered-traces ledger, latency metrics).
+            socket source's journal trim).
         owns_run: also required of a run before this worker ships its parent span (another
             worker beside this one ships the rest), on top of the shard rule.
         clock: Unix seconds (tests pass a fake).
@@ -96,10 +98,12 @@ class Worker:
         runs: RunContext | None = None,
         run_idle_seconds: float | None = None,
         on_progress: Callable[[ExportSummary], None] | None = None,
+        on_accepted: Callable[[Batch], Awaitable[None]] | None = None,
         after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
         owns_run: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._on_accepted = on_accepted
         self._after_delivery = after_delivery
         self._also_owns = owns_run
         self._source = source
@@ -262,7 +266,11 @@ class Worker:
         """Deliver a batch, then record it and save the checkpoint."""
         if batch.empty:
             return
-        await self._shipper.ship(batch.spans, batch.trace_ids(), summary, on_wait=self._beat)
+        accepted = await self._shipper.ship(
+            batch.spans, batch.trace_ids(), summary, on_wait=self._beat
+        )
+        if accepted and self._on_accepted is not None:
+            await self._on_accepted(batch)
 
         def missing(entry: Entry) -> None:
             self._intake.report_missing(entry, summary)
