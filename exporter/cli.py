@@ -72,7 +72,7 @@ Examples:
   letta-otel-exporter check --socket /var/run/telemetry/telemetry.sock
   # Letta's database: reachable, rows in the window, the index that would help
   LETTA_EXPORTER_DATABASE_URL=postgresql://reader:...@db:5432/letta \\
-    letta-otel-exporter check --source postgres --since 7d
+    LETTA_EXPORTER_SINCE=7d letta-otel-exporter check --source postgres
 """
 
 

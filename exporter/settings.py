@@ -58,6 +58,8 @@ CONFIG_ENV: Final = "LETTA_EXPORTER_CONFIG"
 
 DEFAULT_GRPC_ENDPOINT: Final = "http://localhost:4317"
 DEFAULT_HTTP_ENDPOINT: Final = "http://localhost:4318"
+#: The sidecar's poll interval when the socket is on and none is set: the poll only reconciles.
+SOCKET_POLL_INTERVAL_SECONDS: Final = 60.0
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$", re.IGNORECASE)
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -682,6 +684,14 @@ class Settings(BaseSettings):
         if self.otlp_endpoint and not self.otlp_traces_endpoint:
             return self._with_scheme(self.otlp_endpoint).rstrip("/") + "/v1/metrics"
         return self.otlp_traces_url
+
+    @property
+    def effective_poll_interval_seconds(self) -> float:
+        """The sidecar's poll interval: as set; unset, 60 s when the socket brings each trace
+        at once (the poll then only reconciles what the socket missed), else the default."""
+        if "poll_interval_seconds" in self.model_fields_set or self.socket is None:
+            return self.poll_interval_seconds
+        return SOCKET_POLL_INTERVAL_SECONDS
 
     @property
     def metrics_enabled(self) -> bool:

@@ -236,3 +236,30 @@ def test_a_json_summary_of_a_failed_database_export_holds_no_password(
     assert result.returncode == 2
     assert json.loads(result.stdout)["ok"] is False
     assert "SECRET" not in result.stdout + result.stderr
+
+
+async def test_the_check_command_reads_the_socket_and_journal_flags(short_dir: Path) -> None:
+    sock, journal = short_dir / "s" / "t.sock", short_dir / "j"
+    served = wiring.socket_source(Settings.load(socket=sock, journal_dir=journal))
+    await served.start()
+    try:
+        await asyncio.to_thread(letta_send, sock, RECORD)
+
+        async def first() -> None:
+            async for event in served.read(resume=None, follow=True):
+                if not isinstance(event, CaughtUp):
+                    return
+
+        await asyncio.wait_for(first(), 10)
+        result = await asyncio.to_thread(
+            cli_check,
+            ["--socket", str(sock), "--journal-dir", str(journal)],
+            short_dir,
+            LETTA_EXPORTER_SOURCE="file",
+            LETTA_EXPORTER_INPUT="-",
+        )
+    finally:
+        await served.aclose()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"ok    socket: socket {sock}: accepting connections; latest record at" in result.stdout
+    assert f"ok    journal: {journal} (" in result.stdout

@@ -804,3 +804,20 @@ def test_prices_file_is_read_at_load(tmp_path: Path) -> None:
     assert "\n" not in str(error)
     missing = config_error(prices_file=tmp_path / "none.toml")
     assert "cannot read" in missing.message
+
+
+def test_bad_database_url_type_never_echoed(toml) -> None:
+    error = config_error(config_file=toml("database_url = 987654321\n"))
+    assert "database_url" in str(error)
+    assert "987654321" not in "".join(traceback.format_exception(error))
+
+
+def test_the_poll_slows_down_when_the_socket_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.load().effective_poll_interval_seconds == 15.0
+    assert Settings.load(socket="/run/t.sock").effective_poll_interval_seconds == 60.0
+    assert (
+        Settings.load(socket="/run/t.sock", poll_interval_seconds=5).effective_poll_interval_seconds
+        == 5.0
+    )
+    monkeypatch.setenv("LETTA_EXPORTER_POLL_INTERVAL_SECONDS", "20")
+    assert Settings.load(socket="/run/t.sock").effective_poll_interval_seconds == 20.0

@@ -193,3 +193,10 @@ def test_metrics_go_to_the_traces_collector_counted_in_a_ledger_per_shard(
     ledger = tmp_path / "state.json.metrics-ledger.shard-0-of-2"
     assert ledger.is_file()
     assert len(ledger.read_text().split()) == 1
+
+
+def test_the_database_options_never_show_the_password() -> None:
+    settings = Settings.load(database_url="postgresql://reader:pg-SECRET-pw@db:5432/letta")
+    options = wiring.postgres_options(settings, window=True)
+    assert "SECRET" not in repr(options)
+    assert "SECRET" not in repr(wiring.postgres_source(settings, window=False).target)

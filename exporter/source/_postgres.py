@@ -24,7 +24,7 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -75,7 +75,7 @@ class PostgresOptions:
             one from the target and the filters above.
     """
 
-    dsn: str
+    dsn: str = field(repr=False)  # holds the password: never in a repr or a log line
     since: datetime | None = None
     until: datetime | None = None
     agent_ids: tuple[str, ...] = ()
