@@ -361,9 +361,6 @@ class _UnsavedCheckpoint(Checkpoint):
 #: The idle rule of the socket worker: a run with no trace for this long gets its parent span
 #: (the socket says nothing about a run's end; with the API its status is asked too).
 SOCKET_RUN_IDLE_SECONDS: Final = 60.0
-#: The API poll's interval beside the socket (unless ``poll_interval_seconds`` is set): it only
-#: reconciles what the socket missed.
-RECONCILE_POLL_SECONDS: Final = 60.0
 
 
 def source_worker(
@@ -424,10 +421,8 @@ def api_configured(settings: Settings) -> bool:
 
 def reconcile_poll_seconds(settings: Settings) -> float:
     """The API poll's interval beside the socket: ``poll_interval_seconds`` when set, else
-    :data:`RECONCILE_POLL_SECONDS`."""
-    if "poll_interval_seconds" in settings.model_fields_set:
-        return settings.poll_interval_seconds
-    return RECONCILE_POLL_SECONDS
+    60 s (:attr:`Settings.effective_poll_interval_seconds`)."""
+    return settings.effective_poll_interval_seconds
 
 
 def socket_sidecar(
