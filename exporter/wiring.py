@@ -584,7 +584,6 @@ def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
         parts["until"] = settings.until_spec or (
             settings.until.isoformat() if settings.until else None
         )
-        parts["limit"] = settings.limit
     return PostgresSource(replace(options, stream=f"postgres:{stream_key(**parts)}"))
 
 
