@@ -300,3 +300,20 @@ def test_socket_and_api_together_deliver_nothing_twice(short_dir):
     ledger = DeliveredTraces(delivered_path(short_dir / "state.json"))
     assert all(ledger.has_trace(json.loads(line)["provider_trace_id"]) for line in sent)
     assert not ledger.has_trace(missed["provider_trace_id"])
+
+
+def test_sigterm_ships_what_the_journal_holds_when_the_collector_takes_it(short_dir):
+    records = _renamed(60)
+    expected = {_span_id(trace_id) for trace_id, _ in records}
+    with OtlpReceiver() as rx:
+        port = _free_port()
+        rx.set_delay(0.2)  # a slow collector: the journal holds a backlog at the signal
+        proc = _start(_env(short_dir, rx, LETTA_EXPORTER_BATCH_SIZE="10"), port)
+        assert _wait(lambda: _get(port, "/readyz")[0] == 200)
+        _replay(short_dir / "t.sock", [line for _, line in records])
+        assert _wait(lambda: _metric(port, "letta_exporter_socket_records_received_total") == 60)
+        assert len(_llm_ids(rx, expected)) < len(expected)
+        code, err = _stop(proc)
+        assert code == 0, err
+        assert _llm_ids(rx, expected) == expected
+        assert _get(port, "/readyz")[0] == 0  # gone
