@@ -314,6 +314,7 @@ async def _sidecar_plan(
             one_shot=False,
             metrics=metrics,
             dead_letter=dead_letter,
+            runs_by_shard=False,
         )
         poll = settings.database_poll_seconds
         return _SidecarPlan(
@@ -468,6 +469,7 @@ async def _export(
                     metrics=metrics,
                     dead_letter=dead_letter,
                     on_progress=progress.update,
+                    runs_by_shard=False,
                 )
                 resumed = worker.state.cursor is not None
                 try:

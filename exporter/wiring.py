@@ -379,10 +379,21 @@ def source_worker(
     on_accepted: Callable[[Batch], Awaitable[None]] | None = None,
     after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
     owns_run: Callable[[str], bool] | None = None,
+    runs_by_shard: bool = True,
     clock: Callable[[], float] = time.time,
 ) -> Worker:
     """A worker over any source, with its own shipper and checkpoint (one per stream: several
-    workers in one process each save only their own stream)."""
+    workers in one process each save only their own stream).
+
+    ``runs_by_shard=False``: with ``--shard``, ship the parent span of every run this shard saw
+    a trace of, not only of the runs whose id hashes to it. For a source that never tells a
+    shard about the other shards' records (the database reads only its shard's rows), the
+    shard a run hashes to may see none of its traces; a run split between shards then gets its
+    parent span from each (the same span id: a backend keeps one) rather than from none.
+    """
+    options = worker_options(settings, one_shot=one_shot)
+    if not runs_by_shard:
+        options = replace(options, shard=None)
     shipper = build_shipper(
         settings,
         exporter=exporter,
@@ -398,7 +409,7 @@ def source_worker(
         checkpoint=(_UnsavedCheckpoint if dry_run else Checkpoint)(settings.state_path),
         convert_options=convert_options(settings),
         resource=resource(settings),
-        options=worker_options(settings, one_shot=one_shot),
+        options=options,
         metrics=metrics,
         dead_letter=dead_letter,
         stop=stop,
