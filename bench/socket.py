@@ -8,16 +8,14 @@ Three processes besides this one, all on this machine:
 * a **sender** that sends records the way Letta's socket backend does (one connection per record:
   connect, ``sendall(json.dumps(record) + "\\n")``, close), paced to ``--rate`` records/s from a
   few threads, each record's ``timestamp`` taken just before its connection, as Letta does;
-* the **pipeline**: :class:`~exporter.source.SocketSource` (listener and journal, fsync in batches
-  on the real disk) read by a loop that converts each record (``convert_trace``, content ``none``)
-  and ships batches through :class:`~exporter.sink.OtlpGrpcExporter` (``SpanEncoder`` bytes);
+* the **pipeline**: the sidecar's socket worker as ``run --socket`` builds it without a Letta
+  API: :class:`~exporter.source.SocketSource` (listener and journal, fsync in batches on the real
+  disk) driven by the real :class:`~exporter.worker.Worker` (intake and conversion, content
+  ``none``; the shipper over :class:`~exporter.sink.OtlpGrpcExporter`; a checkpoint save after
+  each delivered batch, then the journal trimmed to it);
 * a counting :class:`testkit.OtlpReceiver` (gRPC), which says which span ids arrived.
 
-**The shipping loop here is a stand-in** for the worker's (which is not wired to the socket
-source yet): it does what the worker does with any source: collect Found events, ship a batch when
-it holds ``--batch`` spans or when the source is caught up, deliver it in a thread (one batch in
-flight, the next one filling), then acknowledge the batch's last position (where the worker saves
-its checkpoint, then trims the journal). Figures:
+Figures:
 
 * latency: from the record's ``timestamp`` to the receiver's acceptance (the export call
   returning OK), p50 / p99 / max;
@@ -164,102 +162,90 @@ def _vm_hwm_mb() -> float:
 
 
 def _pipeline(conn: Connection, path: str, journal_dir: str, endpoint: str, case: Case) -> None:
-    from exporter.convert import ConvertOptions, TraceContext, build_resource, convert_trace
+    """The sidecar's socket worker as ``run --socket`` builds it (no Letta API): the real
+    :class:`~exporter.worker.Worker` over :class:`~exporter.source.SocketSource`, its shipper,
+    checkpoint saves and the journal trim after each save (:class:`SocketDelivered`)."""
+    from exporter import wiring
     from exporter.journal import JournalOptions
-    from exporter.sink import OtlpGrpcExporter
+    from exporter.settings import Settings
+    from exporter.sidecar import MetricSocketStats, SocketDelivered
     from exporter.source import SocketSource
-    from exporter.source._contract import CaughtUp, Found, Unreadable
+    from exporter.telemetry import DeadLetter, Metrics
 
-    exporter = OtlpGrpcExporter(endpoint=endpoint, insecure=True)
-    resource = build_resource()
-    options = ConvertOptions(content="none")
+    work = Path(journal_dir).parent
+    settings = Settings.load(
+        otlp_endpoint=endpoint,
+        otlp_protocol="grpc",
+        otlp_insecure=True,
+        content="none",
+        batch_size=case.batch,
+        state_path=work / "state.json",
+        dead_letter_path=work / "dead.jsonl",
+    )
 
     async def main() -> dict[str, Any]:
+        metrics = Metrics()
+        stop = asyncio.Event()
         source = SocketSource(
             path,
             journal_dir,
             journal=JournalOptions(commit_delay=case.commit_delay_ms / 1000),
+            stats=MetricSocketStats(metrics),
             reception_thread=case.reception_thread,
         )
         await source.start()
-        conn.send("ready")
-        cpu0 = os.times()
+        exporter = wiring.build_exporter(settings)
         latencies: array[float] = array("d")
         samples: list[tuple[int, float]] = []
-        delivered = 0
-        invalid = 0
-        done = asyncio.Event()
-        batches: asyncio.Queue[tuple[list[Any], list[float], str | None]] = asyncio.Queue(2)
+        counts = {"delivered": 0}
+        trim = SocketDelivered(source, None, metrics)
 
-        async def ship() -> None:
-            # --- stand-in for the worker's shipping: deliver, then checkpoint + trim ---
-            nonlocal delivered
-            while True:
-                spans, stamps, position = await batches.get()
-                while True:
-                    result = await asyncio.to_thread(exporter.deliver, spans)
-                    if result.delivered:
-                        break
-                    await asyncio.sleep(0.1)
-                now = time.time()
-                latencies.extend(now - stamp for stamp in stamps)
-                delivered += len(spans)
-                if position is not None:
-                    await source.acknowledge(position)
-                if delivered // 10_000 != (delivered - len(spans)) // 10_000:
-                    samples.append((delivered, _vm_hwm_mb()))
-                if delivered >= case.records:
-                    done.set()
+        async def accepted(batch: Any) -> None:
+            await trim.accepted(batch)
+            now = time.time()
+            latencies.extend(now - span.end_time / 1e9 for span in batch.spans)
+            before = counts["delivered"]
+            counts["delivered"] += len(batch.spans)
+            if counts["delivered"] // 10_000 != before // 10_000:
+                samples.append((counts["delivered"], _vm_hwm_mb()))
 
-        shipper = asyncio.get_running_loop().create_task(ship())
-        spans: list[Any] = []
-        stamps: list[float] = []
-        position: str | None = None
-        reader = source.read(resume=None, follow=True)
-
-        async def read() -> None:
-            nonlocal spans, stamps, position, invalid
-            async for event in reader:
-                if isinstance(event, Found):
-                    span = convert_trace(
-                        event.trace, TraceContext(), options=options, resource=resource
-                    )
-                    spans.append(span)
-                    created = event.trace.created_at
-                    stamps.append(created.timestamp() if created else time.time())
-                    position = event.position
-                elif isinstance(event, Unreadable):
-                    invalid += 1
-                    position = event.position
-                if spans and (len(spans) >= case.batch or isinstance(event, CaughtUp)):
-                    await batches.put((spans, stamps, position))
-                    spans, stamps = [], []
-
-        reading = asyncio.get_running_loop().create_task(read())
-        while not done.is_set():
-            if conn.poll():
-                message = conn.recv()
-                if message == "sent":
-                    break
+        worker = wiring.source_worker(
+            settings,
+            source=source,
+            exporter=exporter,
+            stop=stop,
+            one_shot=False,
+            metrics=metrics,
+            dead_letter=DeadLetter(settings.dead_letter_path),
+            run_idle_seconds=wiring.SOCKET_RUN_IDLE_SECONDS,
+            on_accepted=accepted,
+            after_delivery=trim,
+        )
+        conn.send("ready")
+        cpu0 = os.times()
+        running = asyncio.get_running_loop().create_task(worker.run_forever(poll_seconds=1.0))
+        while not (conn.poll() and conn.recv() == "sent"):  # noqa: ASYNC110 - a pipe
             await asyncio.sleep(0.05)
         # The sender is done: wait (bounded) for the pipeline to drain.
         drain_start = time.monotonic()
+        invalid = lambda: sum(source.stats.invalid.values())  # noqa: E731
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(_until(lambda: delivered >= source.stats.received - invalid), 60)
+            await asyncio.wait_for(
+                _until(lambda: counts["delivered"] >= source.stats.received - invalid()), 60
+            )
         drain = time.monotonic() - drain_start
         cpu1 = os.times()
-        reading.cancel()
-        shipper.cancel()
-        for task in (reading, shipper):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        stop.set()
+        await source.stop_listening()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(running, 30)
         await source.aclose()
         exporter.shutdown()
         ordered = sorted(latencies)
         return {
             "received": source.stats.received,
-            "delivered": delivered,
-            "invalid": invalid,
+            "delivered": counts["delivered"],
+            "invalid": invalid(),
             "refused": source.stats.refused,
             "p50_ms": _percentile(ordered, 0.50),
             "p99_ms": _percentile(ordered, 0.99),

@@ -28,6 +28,7 @@ class Kind(Enum):
     MISSING = "missing"  # its trace will not come: reported, its run still gets a parent
     FOREIGN = "foreign"  # another shard exports it, this shard owns its run
     REPORTED = "reported"  # unreadable: reported already, nothing else to keep
+    ELSEWHERE = "elsewhere"  # delivered by another worker (the socket's): nothing to keep
 
 
 @dataclass(slots=True)

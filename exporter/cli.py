@@ -337,7 +337,6 @@ def run(**flags: Any) -> None:
     """Run as a sidecar: poll Letta, export new traces, checkpoint, until SIGTERM."""
     with _errors():
         settings = _load(flags)
-        _refuse_unwired(settings, "run")
         from . import commands
 
         code = commands.run(settings)
@@ -399,7 +398,6 @@ def export(dry_run: bool, as_json: bool, workers: int, shift_to_now: bool, **fla
         raise click.UsageError("--shift-to-now applies to --input FILE only")
     with _errors(as_json=as_json):
         settings = _load(flags)
-        _refuse_unwired(settings, "export")
         if workers > 1:
             sys.exit(_export_in_parallel(settings, workers, as_json, dry_run))
         from . import commands
@@ -411,22 +409,11 @@ def export(dry_run: bool, as_json: bool, workers: int, shift_to_now: bool, **fla
     sys.exit(code)
 
 
-def _refuse_unwired(settings: Settings, command: str) -> None:
-    """Settings this command reads but whose pipeline it does not run yet: refused, not ignored
-    (an export that read the API when the database was asked for would look like a success).
-
-    Raises:
-        ConfigError: such a setting is set.
-    """
-    if settings.source == "postgres":
-        raise ConfigError("source", f"postgres is not wired into {command} yet (check reads it)")
-    if command == "run" and settings.socket is not None:
-        raise ConfigError("socket", "the receiver is not wired into run yet (check reads it)")
-
-
 def _export_in_parallel(settings: Settings, workers: int, as_json: bool, dry_run: bool) -> int:
-    if settings.source != "letta":
-        raise ConfigError("--workers", "needs the Letta source (a file is read by one process)")
+    if settings.source == "file":
+        raise ConfigError(
+            "--workers", "needs the Letta API or its database (a file is read by one process)"
+        )
     if settings.effective_sink != "otlp":
         raise ConfigError(
             "--workers", "needs the OTLP sink (processes cannot share one output file or stream)"

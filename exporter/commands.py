@@ -42,6 +42,7 @@ from .settings import Settings
 from .shipping import ExportSummary
 from .sink import Delivery, OtlpJsonFileExporter, deliver
 from .source import LettaClient
+from .source._postgres import PostgresSource
 from .telemetry import DeadLetter, HealthServer, Metrics
 
 try:
@@ -55,6 +56,7 @@ _logger = logging.getLogger("exporter.cli")
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
+EXIT_CONFIG: Final = 2
 
 
 def _tune_gc() -> None:
@@ -98,6 +100,8 @@ def export(
     code = EXIT_FAILED if failed and not (result.interrupted and summary.ok) else EXIT_OK
     if dead_letter.lost:
         code = EXIT_FAILED  # a record neither delivered nor written down anywhere
+    if result.configuration:
+        code = EXIT_CONFIG
     return data, code
 
 
@@ -245,24 +249,15 @@ async def _run(settings: Settings) -> int:
     genai: GenAIMetrics | None = None
     try:
         genai = _genai_metrics(settings, dry_run=False)
-        async with wiring.letta_client(settings, stop=stop) as client:
-            worker = wiring.build_worker(
-                settings,
-                client=client,
-                exporter=exporter,
-                stop=stop,
-                one_shot=False,
-                metrics=metrics,
-                genai=genai,
-            )
-            stall = max(120.0, settings.poll_interval_seconds * 4)
+        async with contextlib.AsyncExitStack() as stack:
+            plan = await _sidecar_plan(settings, stack, exporter, stop, metrics, genai)
             if settings.health_port:
                 health = HealthServer(
                     host=settings.health_host,
                     port=settings.health_port,
                     metrics=metrics,
-                    alive=lambda: time.time() - worker.heartbeat < stall,
-                    ready=lambda: worker.passes > 0,
+                    alive=plan.alive,
+                    ready=plan.ready,
                 )
                 health.start()
                 _logger.info(
@@ -270,39 +265,157 @@ async def _run(settings: Settings) -> int:
                     settings.health_host,
                     health.port,
                 )
-            _logger.info(
-                "sidecar started: Letta %s -> %s, polling every %.0fs",
-                settings.letta_base_url,
-                wiring.sink_target(settings),
-                settings.poll_interval_seconds,
-            )
-            task = asyncio.create_task(
-                worker.run_forever(poll_seconds=settings.poll_interval_seconds)
-            )
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if task.done():
-                stopper.cancel()
-                task.result()  # a fatal error (checkpoint unwritable) ends the sidecar
-                return _stopped(worker)
-            done, _ = await asyncio.wait({task}, timeout=settings.shutdown_timeout_seconds)
-            if not done:
-                _logger.warning(
-                    "in-flight work did not finish within %.0fs; stopping it (the checkpoint "
-                    "holds the last delivered step)",
-                    settings.shutdown_timeout_seconds,
-                )
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-            else:
-                task.result()
-            return _stopped(worker)
+            _logger.info("sidecar started: %s -> %s", plan.describe, wiring.sink_target(settings))
+            return await _run_workers(settings, plan, stop)
     finally:
         if health is not None:
             health.stop()
         await _shutdown_genai(genai)
         exporter.shutdown()
+
+
+@dataclass(slots=True)
+class _SidecarPlan:
+    """The workers ``run`` drives, what /readyz says and what a shutdown does first."""
+
+    tasks: list[Any]
+    describe: str
+    ready: Any
+    drain: Any = None
+    leftover: Any = None  # records left undelivered at exit (the socket's journal)
+    waits_for_records: Any = None  # the worker that sleeps until a record comes (the socket's)
+
+    def alive(self) -> bool:
+        """/healthz: every worker made progress lately (the socket worker, waiting for
+        records, is alive while its listener is up)."""
+        now = time.time()
+        for task in self.tasks:
+            if task.worker is self.waits_for_records and self.ready():
+                continue
+            if now - task.worker.heartbeat >= max(120.0, task.poll_seconds * 4):
+                return False
+        return True
+
+
+async def _sidecar_plan(
+    settings: Settings,
+    stack: contextlib.AsyncExitStack,
+    exporter: Any,
+    stop: asyncio.Event,
+    metrics: Metrics,
+    genai: GenAIMetrics | None,
+) -> _SidecarPlan:
+    from .sidecar import MetricSocketStats, WorkerTask
+
+    dead_letter = DeadLetter(settings.dead_letter_path)
+    if settings.source == "postgres":
+        source = wiring.postgres_run_source(settings)
+        stack.push_async_callback(source.aclose)
+        worker = wiring.source_worker(
+            settings,
+            source=source,
+            exporter=exporter,
+            stop=stop,
+            one_shot=False,
+            metrics=metrics,
+            dead_letter=dead_letter,
+            runs_by_shard=False,
+            genai=genai,
+        )
+        poll = settings.database_poll_seconds
+        return _SidecarPlan(
+            tasks=[WorkerTask(worker, poll, "postgres")],
+            describe=f"Letta's database {source.target}, polling every {poll:.0f}s",
+            ready=lambda: worker.passes > 0,
+        )
+    client = None
+    if settings.socket is None or wiring.api_configured(settings):
+        client = await stack.enter_async_context(wiring.letta_client(settings, stop=stop))
+    if settings.socket is None:
+        assert client is not None
+        worker = wiring.build_worker(
+            settings,
+            client=client,
+            exporter=exporter,
+            stop=stop,
+            one_shot=False,
+            metrics=metrics,
+            dead_letter=dead_letter,
+            genai=genai,
+        )
+        poll = settings.poll_interval_seconds
+        return _SidecarPlan(
+            tasks=[WorkerTask(worker, poll, "api")],
+            describe=f"Letta {settings.letta_base_url}, polling every {poll:.0f}s",
+            ready=lambda: worker.passes > 0,
+        )
+    socket = wiring.socket_source(settings, stats=MetricSocketStats(metrics))
+    sidecar = wiring.socket_sidecar(
+        settings,
+        socket=socket,
+        client=client,
+        exporter=exporter,
+        stop=stop,
+        metrics=metrics,
+        dead_letter=dead_letter,
+        genai=genai,
+    )
+    stack.push_async_callback(sidecar.aclose)
+    await sidecar.start()  # listen at once: records are journaled while the rest starts
+    api = (
+        f"; Letta {settings.letta_base_url} for context, reconciled every "
+        f"{wiring.reconcile_poll_seconds(settings):g}s"
+        if client is not None
+        else "; no Letta API (spans from the records alone)"
+    )
+    return _SidecarPlan(
+        tasks=sidecar.workers,
+        describe=f"socket {socket.path} (journal {socket.journal_dir}){api}",
+        ready=sidecar.ready,
+        drain=sidecar.drain,
+        leftover=lambda: socket.journal.depth_records,
+        waits_for_records=sidecar.workers[0].worker,
+    )
+
+
+async def _run_workers(settings: Settings, plan: _SidecarPlan, stop: asyncio.Event) -> int:
+    """Drive every worker until SIGTERM, then give in-flight work the shutdown timeout."""
+    tasks = {
+        asyncio.create_task(t.worker.run_forever(poll_seconds=t.poll_seconds), name=t.name): t
+        for t in plan.tasks
+    }
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if not stop.is_set():
+        # A worker ended on its own: a fatal error (checkpoint unwritable). Stop the others.
+        stop.set()
+    stopper.cancel()
+    if plan.drain is not None:
+        await plan.drain()  # no new records; the socket worker ships what the journal holds
+    done, pending = await asyncio.wait(tasks, timeout=settings.shutdown_timeout_seconds)
+    if pending:
+        _logger.warning(
+            "in-flight work did not finish within %.0fs; stopping it (the checkpoint "
+            "holds the last delivered record)",
+            settings.shutdown_timeout_seconds,
+        )
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    for task in done:
+        task.result()  # a fatal error ends the sidecar with its message
+    code = EXIT_OK
+    for task in tasks.values():
+        code = max(code, _stopped(task.worker))
+    left = plan.leftover() if plan.leftover is not None else 0
+    if left:
+        _logger.warning(
+            "%d received records were not delivered before the exit (the collector did not "
+            "take them); they stay journaled and are shipped at the next start",
+            left,
+        )
+        code = EXIT_FAILED
+    return code
 
 
 def _stopped(worker: Any) -> int:
@@ -321,6 +434,7 @@ class _ExportResult:
     summary: ExportSummary
     interrupted: bool = False
     error: str | None = None
+    configuration: bool = False
     warnings: list[str] = field(default_factory=list)
 
 
@@ -338,21 +452,50 @@ async def _export(
     exporter = None
     genai: GenAIMetrics | None = None
     total = None
+    show = not as_json and sys.stdout.isatty() and sys.stderr.isatty()
     if settings.source == "file" and settings.input is not None:
         total = count_records(settings.input)
-    progress = ExportProgress(
-        enabled=not as_json and sys.stdout.isatty() and sys.stderr.isatty(),
-        metrics=metrics,
-        total=total,
-    )
     waiting = asyncio.create_task(_say_what_it_waits_for(settings, metrics, stop))
+    database: PostgresSource | None = None
     try:
-        if settings.source == "letta" and not dry_run:
+        if settings.source in ("letta", "postgres") and not dry_run:
             probe_state(settings.state_path)  # before anything is sent
+        if settings.source == "postgres":
+            database = wiring.postgres_source(settings, window=True)
+            if show:
+                total = await _database_total(database, settings)
+        progress = ExportProgress(enabled=show, metrics=metrics, total=total)
         exporter = wiring.build_exporter(settings)
         genai = _genai_metrics(settings, dry_run=dry_run)
         with progress:
-            if settings.source == "file":
+            if database is not None:
+                worker = wiring.source_worker(
+                    settings,
+                    source=database,
+                    exporter=exporter,
+                    stop=stop,
+                    one_shot=True,
+                    dry_run=dry_run,
+                    metrics=metrics,
+                    dead_letter=dead_letter,
+                    on_progress=progress.update,
+                    runs_by_shard=False,
+                    genai=genai,
+                )
+                resumed = worker.state.cursor is not None
+                try:
+                    await worker.export_window()
+                finally:
+                    result.summary = worker.total
+                result.interrupted = stop.is_set()
+                if not result.summary.discovered and not result.interrupted:
+                    result.warnings.append(
+                        "nothing new since the last run of this command (it resumed from the "
+                        "checkpoint)"
+                        if resumed
+                        else f"no provider traces in the window in {database.target}"
+                    )
+            elif settings.source == "file":
                 assert settings.input is not None
                 shipper = wiring.build_shipper(
                     settings,
@@ -405,11 +548,15 @@ async def _export(
         raise
     except ExporterError as exc:
         result.error = f"{type(exc).__name__}: {exc}"
+        # A database that refuses the credentials or lacks a table: a setting to change.
+        result.configuration = bool(getattr(exc, "configuration", False))
     finally:
         waiting.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await waiting
         await _shutdown_genai(genai)
+        if database is not None:
+            await database.aclose()
         if exporter is not None:
             exporter.shutdown()
     for warning in result.warnings:
@@ -443,6 +590,16 @@ async def _shutdown_genai(genai: GenAIMetrics | None) -> None:
     """Export what the metrics hold and stop them (off the event loop: it sends)."""
     if genai is not None:
         await asyncio.to_thread(genai.shutdown)
+
+
+async def _database_total(database: PostgresSource, settings: Settings) -> int | None:
+    """The progress bar's total: the rows in the window (a shard's share of them)."""
+    try:
+        rows = await database.count()
+    except ExporterError:
+        return None  # the export itself reports it
+    shard = settings.shard_spec
+    return -(-rows // shard[1]) if shard else rows
 
 
 def _replay_options(settings: Settings, shift_to_now: bool) -> ReplayOptions:

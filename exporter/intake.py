@@ -92,7 +92,10 @@ class Intake:
 
     def _skipped(self, event: Skipped, batch: Batch, summary: ExportSummary) -> None:
         step = event.step
-        if not event.seen:
+        if event.seen:
+            # Delivered already (by this worker before, or by the socket's): no longer pending.
+            batch.entries.append(Entry(event.step_id, Kind.ELSEWHERE))
+        else:
             summary.skipped_shard += 1
         if step is not None and step.run_id and not event.seen and self._owns_run(step.run_id):
             batch.entries.append(Entry(event.step_id, Kind.FOREIGN, step.run_id, step.agent_id))

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .errors import ConfigError
@@ -86,6 +86,42 @@ class Metrics:
         self.last_pass = Gauge(
             f"{_PREFIX}_last_pass_timestamp_seconds",
             "Unix time the last poll pass finished.",
+            registry=r,
+        )
+        # --- the socket source (run --socket) ---------------------------------------------
+        self.socket_received = Counter(
+            f"{_PREFIX}_socket_records_received",
+            "Records Letta pushed to the socket, journaled.",
+            registry=r,
+        )
+        self.socket_received_bytes = Counter(
+            f"{_PREFIX}_socket_received_bytes", "Bytes of the records journaled.", registry=r
+        )
+        self.socket_invalid = Counter(
+            f"{_PREFIX}_socket_records_invalid",
+            "Socket lines that were not records, by reason (invalid, too_large, timeout, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.socket_refused = Counter(
+            f"{_PREFIX}_socket_records_refused",
+            "Records refused because the journal was full (Letta does not send them again).",
+            registry=r,
+        )
+        self.journal_depth_records = Gauge(
+            f"{_PREFIX}_journal_depth_records",
+            "Socket records journaled and not yet delivered.",
+            registry=r,
+        )
+        self.journal_depth_bytes = Gauge(
+            f"{_PREFIX}_journal_depth_bytes",
+            "Bytes journaled and not yet delivered (refusals start at journal_max_bytes).",
+            registry=r,
+        )
+        self.socket_delivery_seconds = Histogram(
+            f"{_PREFIX}_socket_delivery_seconds",
+            "Seconds from a socket record's timestamp to the collector's acceptance of its span.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r,
         )
 

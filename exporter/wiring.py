@@ -11,22 +11,27 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from .checkpoint import Checkpoint, stream_key
+from .batch import Batch
+from .checkpoint import Checkpoint, StreamState, stream_key
 from .convert import ConvertOptions, build_resource
+from .delivered import DeliveredTraces, SkipDelivered, delivered_path
 from .errors import ConfigError
 from .genai_metrics import GenAIMetrics
 from .journal import JournalOptions
 from .prices import load_price_table
+from .run_tracking import RunContext
 from .settings import Settings
 from .shipping import ExportSummary, Shipper
+from .sidecar import SocketDelivered, SocketSidecar, WorkerTask, watch_journal
 from .sink import (
     ConsoleExporter,
     DeliveringExporter,
@@ -38,13 +43,17 @@ from .sink._tls import TlsFiles
 from .source import (
     USER_AGENT,
     ApiSource,
+    EnrichingSource,
     LettaClient,
     ListenerOptions,
     RetryPolicy,
     SocketSource,
     SocketStats,
+    Source,
+    StepEnricher,
     StepFilter,
 )
+from .source._pg_dsn import mask_dsn
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
 from .worker import Worker, WorkerOptions
@@ -55,6 +64,7 @@ if TYPE_CHECKING:  # psycopg is imported only when the database source is used
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "api_configured",
     "build_exporter",
     "build_shipper",
     "build_worker",
@@ -63,10 +73,14 @@ __all__ = [
     "genai_metrics",
     "letta_client",
     "postgres_options",
+    "postgres_run_source",
     "postgres_source",
+    "reconcile_poll_seconds",
     "resource",
     "sink_target",
+    "socket_sidecar",
     "socket_source",
+    "source_worker",
     "step_filter",
     "stream",
     "worker_options",
@@ -369,6 +383,177 @@ class _UnsavedCheckpoint(Checkpoint):
         return
 
 
+#: The idle rule of the socket worker: a run with no trace for this long gets its parent span
+#: (the socket says nothing about a run's end; with the API its status is asked too).
+SOCKET_RUN_IDLE_SECONDS: Final = 60.0
+
+
+def source_worker(
+    settings: Settings,
+    *,
+    source: Source,
+    exporter: SpanExporter,
+    stop: asyncio.Event,
+    one_shot: bool,
+    metrics: Metrics,
+    dead_letter: DeadLetter,
+    dry_run: bool = False,
+    runs: RunContext | None = None,
+    run_idle_seconds: float | None = None,
+    on_progress: Callable[[ExportSummary], None] | None = None,
+    on_accepted: Callable[[Batch], Awaitable[None]] | None = None,
+    after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
+    owns_run: Callable[[str], bool] | None = None,
+    runs_by_shard: bool = True,
+    clock: Callable[[], float] = time.time,
+    genai: GenAIMetrics | None = None,
+) -> Worker:
+    """A worker over any source, with its own shipper and checkpoint (one per stream: several
+    workers in one process each save only their own stream).
+
+    ``runs_by_shard=False``: with ``--shard``, ship the parent span of every run this shard saw
+    a trace of, not only of the runs whose id hashes to it. For a source that never tells a
+    shard about the other shards' records (the database reads only its shard's rows), the
+    shard a run hashes to may see none of its traces; a run split between shards then gets its
+    parent span from each (the same span id: a backend keeps one) rather than from none.
+    """
+    options = worker_options(settings, one_shot=one_shot)
+    if not runs_by_shard:
+        options = replace(options, shard=None)
+    shipper = build_shipper(
+        settings,
+        exporter=exporter,
+        stop=stop,
+        metrics=metrics,
+        dead_letter=dead_letter,
+        deadline_seconds=settings.export_deadline_seconds if one_shot else None,
+        dry_run=dry_run,
+        genai=genai,
+    )
+    return Worker(
+        source=source,
+        shipper=shipper,
+        checkpoint=(_UnsavedCheckpoint if dry_run else Checkpoint)(settings.state_path),
+        convert_options=convert_options(settings),
+        resource=resource(settings),
+        options=options,
+        metrics=metrics,
+        dead_letter=dead_letter,
+        stop=stop,
+        runs=runs,
+        run_idle_seconds=run_idle_seconds,
+        on_progress=on_progress,
+        on_accepted=on_accepted,
+        after_delivery=after_delivery,
+        owns_run=owns_run,
+        clock=clock,
+    )
+
+
+def api_configured(settings: Settings) -> bool:
+    """Whether ``run --socket`` also uses the Letta API (enrichment and the reconciling poll):
+    when its URL or key was set (flag, environment, TOML). The default URL alone does not turn
+    it on: a socket-only sidecar makes its spans from the records alone."""
+    return bool({"letta_base_url", "letta_api_key"} & settings.model_fields_set)
+
+
+def reconcile_poll_seconds(settings: Settings) -> float:
+    """The API poll's interval beside the socket: ``poll_interval_seconds`` when set, else
+    60 s (:attr:`Settings.effective_poll_interval_seconds`)."""
+    return settings.effective_poll_interval_seconds
+
+
+def socket_sidecar(
+    settings: Settings,
+    *,
+    socket: SocketSource,
+    client: LettaClient | None,
+    exporter: SpanExporter,
+    stop: asyncio.Event,
+    metrics: Metrics,
+    dead_letter: DeadLetter,
+    clock: Callable[[], float] = time.time,
+    genai: GenAIMetrics | None = None,
+) -> SocketSidecar:
+    """The workers of ``run --socket``: the socket worker, and with ``client`` the API one.
+
+    ``socket`` should count into ``metrics`` (``stats=MetricSocketStats(metrics)``).
+    """
+    watch_journal(socket, metrics)
+    sidecar = SocketSidecar(socket)
+    delivered = DeliveredTraces(delivered_path(settings.state_path)) if client else None
+    source: Source = socket
+    runs: RunContext | None = None
+    if client is not None:
+        enricher = StepEnricher(client, agent_ids=tuple(settings.agent_ids))
+        source, runs = EnrichingSource(socket, enricher), enricher
+    delivery = SocketDelivered(socket, delivered, metrics, clock=clock)
+    sidecar.workers.append(
+        WorkerTask(
+            source_worker(
+                settings,
+                source=source,
+                exporter=exporter,
+                stop=stop,
+                one_shot=False,
+                metrics=metrics,
+                dead_letter=dead_letter,
+                runs=runs,
+                run_idle_seconds=SOCKET_RUN_IDLE_SECONDS,
+                on_accepted=delivery.accepted,
+                after_delivery=delivery,
+                clock=clock,
+                genai=genai,
+            ),
+            poll_seconds=1.0,
+            name="socket",
+        )
+    )
+    if client is None or delivered is None:
+        return sidecar
+    seen = delivered
+    poll = reconcile_poll_seconds(settings)
+    checkpoint = Checkpoint(settings.state_path)
+    key = stream(settings, window=False)
+    api = ApiSource(
+        client,
+        state=checkpoint.stream(key),
+        stream=key,
+        filt=step_filter(settings, until_now=False),
+        stop=stop,
+        shard=settings.shard_spec,
+        concurrency=settings.concurrency,
+        trace_settle_seconds=settings.trace_settle_seconds,
+        poll_seconds=poll,
+        clock=clock,
+    )
+    worker = Worker(
+        source=SkipDelivered(api, seen),
+        shipper=build_shipper(
+            settings,
+            exporter=exporter,
+            stop=stop,
+            metrics=metrics,
+            dead_letter=dead_letter,
+            deadline_seconds=None,
+            genai=genai,
+        ),
+        checkpoint=checkpoint,
+        convert_options=convert_options(settings),
+        resource=resource(settings),
+        options=worker_options(settings, one_shot=False),
+        metrics=metrics,
+        dead_letter=dead_letter,
+        stop=stop,
+        runs=api.lookups,
+        run_idle_seconds=None,
+        owns_run=lambda run_id: not seen.has_run(run_id),
+        clock=clock,
+    )
+    sidecar.workers.append(WorkerTask(worker, poll_seconds=poll, name="api"))
+    return sidecar
+
+
 def socket_source(settings: Settings, *, stats: SocketStats | None = None) -> SocketSource:
     """The socket receiver of ``run --socket`` (not started: ``start()`` or ``read()`` listens).
 
@@ -423,10 +608,33 @@ def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
 
 
 def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
-    """The database source (``source=postgres``); see :func:`postgres_options`."""
+    """The database source (``source=postgres``); see :func:`postgres_options`.
+
+    Its checkpoint stream is keyed like the API's (:func:`stream`): the database (password
+    masked) and the filters, with a one-shot job's window as written (``since=30d``), so the
+    same command resumes its stream; the sidecar's ignores the window.
+    """
     from .source._postgres import PostgresSource
 
-    return PostgresSource(postgres_options(settings, window=window))
+    options = postgres_options(settings, window=window)
+    parts: dict[str, Any] = {
+        "database": mask_dsn(options.dsn),
+        "agents": sorted(settings.agent_ids),
+        "shard": settings.shard,
+    }
+    if window:
+        parts["since"] = settings.since_spec or (
+            settings.since.isoformat() if settings.since else None
+        )
+        parts["until"] = settings.until_spec or (
+            settings.until.isoformat() if settings.until else None
+        )
+    return PostgresSource(replace(options, stream=f"postgres:{stream_key(**parts)}"))
+
+
+def postgres_run_source(settings: Settings) -> PostgresSource:
+    """The database source of ``run --source postgres`` (follows new rows)."""
+    return postgres_source(settings, window=False)
 
 
 def genai_metrics(settings: Settings, resource: Resource) -> GenAIMetrics | None:

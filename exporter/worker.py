@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
@@ -74,6 +74,12 @@ class Worker:
         runs: where runs and agents for parent spans come from (default: what the events carry).
         run_idle_seconds: the idle rule for runs without a status (None: off).
         on_progress: called with the running summary after each batch (progress bars).
+        on_accepted: awaited with each batch as soon as the collector accepted it, before the
+            checkpoint is saved (the delivered-traces ledger, the delay histogram).
+        after_delivery: awaited with each delivered batch once its checkpoint is saved (the
+            socket source's journal trim).
+        owns_run: also required of a run before this worker ships its parent span (another
+            worker beside this one ships the rest), on top of the shard rule.
         clock: Unix seconds (tests pass a fake).
     """
 
@@ -92,8 +98,14 @@ class Worker:
         runs: RunContext | None = None,
         run_idle_seconds: float | None = None,
         on_progress: Callable[[ExportSummary], None] | None = None,
+        on_accepted: Callable[[Batch], Awaitable[None]] | None = None,
+        after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
+        owns_run: Callable[[str], bool] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self._on_accepted = on_accepted
+        self._after_delivery = after_delivery
+        self._also_owns = owns_run
         self._source = source
         self._shipper = shipper
         self._checkpoint = checkpoint
@@ -254,13 +266,19 @@ class Worker:
         """Deliver a batch, then record it and save the checkpoint."""
         if batch.empty:
             return
-        await self._shipper.ship(batch.spans, batch.trace_ids(), summary, on_wait=self._beat)
+        accepted = await self._shipper.ship(
+            batch.spans, batch.trace_ids(), summary, on_wait=self._beat
+        )
+        if accepted and self._on_accepted is not None:
+            await self._on_accepted(batch)
 
         def missing(entry: Entry) -> None:
             self._intake.report_missing(entry, summary)
 
         apply_delivered(batch, self._state, owns_run=self._owns_run, on_missing=missing)
         await self._save()
+        if self._after_delivery is not None:
+            await self._after_delivery(batch, self._state)
         if batch.spans and (last := batch.spans[-1].end_time):
             self._metrics.lag_seconds.set(max(0.0, self._clock() - last / 1e9))
         if self._on_progress is not None:
@@ -279,7 +297,9 @@ class Worker:
     def _owns_run(self, run_id: str) -> bool:
         """Whether this shard ships the run's parent span (one shard per run, whichever shards
         export its steps), so sharded replicas never send a run span twice."""
-        return in_shard(run_id, self._options.shard)
+        return in_shard(run_id, self._options.shard) and (
+            self._also_owns is None or self._also_owns(run_id)
+        )
 
     async def _end_pass(self, batch: Batch, summary: ExportSummary, *, final: bool) -> None:
         await self._ship(batch, summary)

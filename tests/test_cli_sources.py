@@ -56,24 +56,6 @@ def test_run_does_not_take_a_file_source() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "setting"),
-    [
-        (("export", "--source", "postgres", "--database-url", _URL), "source"),
-        (("run", "--database-url", _URL), "source"),
-        (("run", "--socket", "/tmp/never.sock"), "socket"),
-    ],
-)
-def test_what_run_and_export_cannot_do_yet_is_refused_not_ignored(
-    args: tuple[str, ...], setting: str
-) -> None:
-    code, out = invoke(*args)
-    assert code == 2
-    assert f"ConfigError: {setting}: " in out
-    assert "not wired" in out
-    assert "SECRET" not in out
-
-
-@pytest.mark.parametrize(
     ("args", "message"),
     [
         (("run", "--socket-mode", "0999"), "socket_mode (flag --socket-mode): expected"),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
@@ -19,7 +21,6 @@ from typing import Final, Protocol, TypeVar
 
 from .._ratelimit import RateLimitedLog
 from .._singleflight import SingleFlight
-from .._window import ordered_map
 from ..errors import RecordInvalidError, SourceError, SourceHTTPError
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
 from ._contract import CaughtUp, Event, Found, Source
@@ -189,18 +190,42 @@ class EnrichingSource:
     looked up again after each :class:`CaughtUp` (their statuses change). Pass ``enricher`` as
     the worker's ``runs`` too, so parent spans see the same runs.
 
+    Enrichment never holds shipping up for long: a trace's lookups get ``timeout`` seconds (the
+    client's retries included), and after a lookup failed or timed out the next ``pause``
+    seconds of traces go without any (Letta is down or slow: every record would wait the full
+    timeout), then lookups are tried again.
+
     Args:
         source: the source to wrap.
         enricher: the API lookups.
         depth: events with lookups in flight at most.
+        timeout: seconds a trace's lookups may take before it goes without its context.
+        pause: seconds without lookups after one failed.
+        clock: monotonic seconds (tests pass a fake).
     """
 
-    def __init__(self, source: Source, enricher: StepEnricher, *, depth: int = 32) -> None:
+    def __init__(
+        self,
+        source: Source,
+        enricher: StepEnricher,
+        *,
+        depth: int = 32,
+        timeout: float = 10.0,
+        pause: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._source = source
         self._enricher = enricher
         self._depth = depth
+        self._timeout = timeout
+        self._pause = pause
+        self._clock = clock
+        self._down_until = 0.0
         self._log = RateLimitedLog(_logger)
         self.name = source.name
+        #: Traces exported without (some of) their context: a lookup failed, timed out or
+        #: was not tried while Letta was failing.
+        self.without_context = 0
 
     def stream_key(self) -> str:
         return self._source.stream_key()
@@ -210,19 +235,62 @@ class EnrichingSource:
         await self._enricher.aclose()
 
     async def read(self, *, resume: str | None, follow: bool) -> AsyncIterator[Event]:
-        async for event in ordered_map(
-            self._source.read(resume=resume, follow=follow),
-            self._complete,
-            depth=self._depth,
-            needs_work=_lacks_context,
-            done=lambda event: event,
-        ):
-            if isinstance(event, CaughtUp):
-                await self._enricher.new_pass()
-            yield event
+        # Like the read-ahead window of ``_window.ordered_map``, but a CaughtUp flushes it: a
+        # followed source (the socket) may send nothing more for a long time, and what it sent
+        # must not wait in the window for more to come.
+        window: deque[asyncio.Future[Event]] = deque()
+        loop = asyncio.get_running_loop()
+        try:
+            async for event in self._source.read(resume=resume, follow=follow):
+                if isinstance(event, CaughtUp):
+                    while window:
+                        yield await window.popleft()
+                    yield event
+                    await self._enricher.new_pass()
+                    continue
+                if self._needs_work(event):
+                    window.append(asyncio.ensure_future(self._complete(event)))
+                else:
+                    ready = loop.create_future()
+                    ready.set_result(self._as_is(event))
+                    window.append(ready)
+                while len(window) >= self._depth:
+                    yield await window.popleft()
+            while window:
+                yield await window.popleft()
+        finally:
+            for future in window:
+                future.cancel()
+            if window:
+                await asyncio.gather(*window, return_exceptions=True)
+
+    def _needs_work(self, event: Event) -> bool:
+        return _lacks_context(event) and self._clock() >= self._down_until
+
+    def _as_is(self, event: Event) -> Event:
+        if _lacks_context(event):
+            self.without_context += 1
+        return event
 
     async def _complete(self, event: Event) -> Event:
         assert isinstance(event, Found)
+        if self._clock() < self._down_until:  # failed meanwhile: do not wait on it again
+            return self._as_is(event)
+        try:
+            return await asyncio.wait_for(self._lookup(event), self._timeout)
+        except TimeoutError:
+            self._down_until = self._clock() + self._pause
+            self._log.warning(
+                "enrich",
+                "context of trace %s not found within %.0fs, exported without it; no lookups "
+                "for %.0fs",
+                event.trace.id,
+                self._timeout,
+                self._pause,
+            )
+            return self._as_is(event)
+
+    async def _lookup(self, event: Found) -> Event:
         trace = event.trace
         step, run, agent, metrics = event.step, event.run, event.agent, event.metrics
         try:
@@ -237,6 +305,9 @@ class EnrichingSource:
             if metrics is None and trace.latency_ms is None and trace.step_id:
                 metrics = await self._enricher.client.get_step_metrics(trace.step_id)
         except (SourceError, RecordInvalidError) as exc:
+            self.without_context += 1
+            if not isinstance(exc, RecordInvalidError):
+                self._down_until = self._clock() + self._pause
             self._log.warning(
                 "enrich", "context of trace %s not found, exported without it: %s", trace.id, exc
             )

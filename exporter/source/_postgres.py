@@ -70,6 +70,9 @@ class PostgresOptions:
         connect_timeout: seconds to wait for the connection.
         poll_interval: seconds between reads when following (the sidecar).
         overlap: seconds behind the database's clock re-read for rows committed late.
+        stream: the checkpoint stream's key, when the caller keys it (the sidecar's ignores
+            ``since``, a one-shot job keys on its window as written, ``since=30d``); default:
+            one from the target and the filters above.
     """
 
     dsn: str = field(repr=False)  # holds the password: never in a repr or a log line
@@ -84,6 +87,7 @@ class PostgresOptions:
     connect_timeout: float = 10.0
     poll_interval: float = 5.0
     overlap: float = 30.0
+    stream: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +143,8 @@ class PostgresSource:
 
     def stream_key(self) -> str:
         o = self._options
+        if o.stream is not None:
+            return o.stream
         parts = [
             self._target,
             o.since.isoformat() if o.since else "",
@@ -431,6 +437,31 @@ class PostgresSource:
                 )
 
     # --- check --------------------------------------------------------------------------------
+    async def count(self) -> int:
+        """The rows the window holds (all shards), for a progress bar's total: one count query.
+
+        Raises:
+            DatabaseConfigError, DatabaseError: as :meth:`read`.
+        """
+        conn, queries = await self._connect()
+        try:
+            start = Cursor()
+            filters = self._filters(start)
+            params = self._params(start, start.created_at, self._options.key_page)
+            row = await (
+                await conn.execute(queries.count(filters, "provider_traces"), params)
+            ).fetchone()
+            total = int(row[0]) if row else 0
+            if queries.metadata:
+                mrow = await (
+                    await conn.execute(queries.count(filters, "provider_trace_metadata"), params)
+                ).fetchone()
+                total += int(mrow[0]) if mrow else 0
+        except psycopg.Error as exc:
+            raise self._query_error(exc) from None
+        limit = self._options.limit
+        return total if limit is None else min(total, limit)
+
     async def check(self) -> PostgresCheck:
         """Reachability, the schema, the rows in the window and what an index would save.
 

@@ -32,6 +32,7 @@ that went quiet mid-line (``timeout``), with the first 64 KiB of the bytes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -185,6 +186,7 @@ class SocketSource:
         self._listener: SocketListener | None = None
         self._started = asyncio.Lock()
         self._closed = False
+        self._draining = asyncio.Event()
         self._warned_version = False
         self._refused_since_report = 0
         self._refusal = ""
@@ -236,6 +238,22 @@ class SocketSource:
         if self._rx_loop is None:
             return await coro
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._rx_loop))
+
+    async def stop_listening(self) -> None:
+        """Shutdown, first step: accept no more records and commit what was received; a
+        following :meth:`read` then ends at its next :class:`CaughtUp`, so the worker ships
+        what the journal holds and stops (what it cannot ship stays journaled)."""
+        try:
+            if self._journal is not None:
+                await self._on_reception(self._stop_listener())
+        finally:
+            self._draining.set()
+
+    async def _stop_listener(self) -> None:
+        if self._listener is not None:
+            await self._listener.aclose()
+        journal = self.journal
+        await journal.wait_committed(journal.end)
 
     async def aclose(self) -> None:
         """Stop listening, commit what was received, close the journal."""
@@ -334,13 +352,26 @@ class SocketSource:
             entries = await journal.read(offset, max_records=self._batch_records)
             if not entries:
                 yield CaughtUp(position=self._position(offset))
-                if not follow:
+                if not follow or self._draining.is_set():
                     return
-                await self._on_reception(journal.wait_beyond(offset))
+                await self._wait_beyond(journal, offset)
                 continue
             for entry in entries:
                 yield self._event(entry)
                 offset = entry.end
+
+    async def _wait_beyond(self, journal: Journal, offset: int) -> None:
+        """New committed frames, or the start of a shutdown (:meth:`stop_listening`)."""
+        beyond = asyncio.ensure_future(self._on_reception(journal.wait_beyond(offset)))
+        draining = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({beyond, draining}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (beyond, draining):
+                if not waiter.done():
+                    waiter.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await waiter
 
     async def acknowledge(self, position: str) -> None:
         """Everything up to ``position`` was delivered (and its checkpoint saved): trim.
