@@ -160,13 +160,16 @@ class Shipper:
         *,
         kind: str = "trace",
         on_wait: Callable[[], None] | None = None,
+        on_accepted: Callable[[], Awaitable[None]] | None = None,
     ) -> bool:
         """Deliver ``spans`` and count them in ``summary``; True if the collector took them.
 
         ``ids`` name the records in the batch for error messages and the dead-letter file. A
         batch refused for good is dead-lettered and False is returned: the caller may move on,
         the records are reported, not lost. ``on_wait`` is called on every retry, beside the
-        shipper's own (a worker's heartbeat).
+        shipper's own (a worker's heartbeat). ``on_accepted`` is awaited as soon as the collector
+        took the batch, before anything slower (the GenAI metrics): the socket books the traces it
+        delivered there, so the API poll beside it never sends them again.
 
         Raises:
             Stopped: shutdown was requested before the batch was accepted.
@@ -214,6 +217,8 @@ class Shipper:
             summary.exported += sent
             self._metrics.traces_exported.inc(sent)
         self._metrics.last_success.set(time.time())
+        if on_accepted is not None:
+            await on_accepted()
         if self._on_delivered is not None and not self._dry_run:
             await self._on_delivered(spans)
         return True

@@ -266,11 +266,15 @@ class Worker:
         """Deliver a batch, then record it and save the checkpoint."""
         if batch.empty:
             return
-        accepted = await self._shipper.ship(
-            batch.spans, batch.trace_ids(), summary, on_wait=self._beat
+        hook = self._on_accepted
+
+        async def accepted() -> None:
+            if hook is not None:
+                await hook(batch)
+
+        await self._shipper.ship(
+            batch.spans, batch.trace_ids(), summary, on_wait=self._beat, on_accepted=accepted
         )
-        if accepted and self._on_accepted is not None:
-            await self._on_accepted(batch)
 
         def missing(entry: Entry) -> None:
             self._intake.report_missing(entry, summary)
