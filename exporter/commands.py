@@ -259,6 +259,7 @@ async def _run(settings: Settings) -> int:
                     metrics=metrics,
                     alive=lambda: time.time() - worker.heartbeat < stall,
                     ready=lambda: worker.passes > 0,
+                    blocked=lambda: worker.blocked,
                 )
                 health.start()
                 _logger.info(
@@ -305,7 +306,10 @@ def _stopped(worker: Any) -> int:
     failed (a refused API key, Letta unreachable) is not a success."""
     data = worker.total.as_dict()
     error = getattr(worker, "last_error", None)
-    if error is not None and not worker.total.exported:
+    blocked = getattr(worker, "blocked", None)
+    if blocked is not None:
+        data |= {"ok": False, "error": f"the collector refuses this exporter's setup: {blocked}"}
+    elif error is not None and not worker.total.exported:
         data |= {"ok": False, "error": error}
     _logger.info("stopped: %s", json.dumps(data))
     return EXIT_OK if data["ok"] else EXIT_FAILED

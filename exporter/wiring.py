@@ -248,6 +248,7 @@ def build_shipper(
         retry_initial_seconds=min(1.0, settings.retry_backoff_initial_seconds * 2),
         retry_max_seconds=settings.retry_backoff_max_seconds,
         dry_run=dry_run,
+        max_bytes=settings.batch_max_bytes,
     )
 
 

@@ -138,6 +138,11 @@ class Worker:
         self.last_error: str | None = None
 
     @property
+    def blocked(self) -> str | None:
+        """Why delivery is stopped (the collector refuses the configuration), or None."""
+        return self._shipper.blocked
+
+    @property
     def state(self) -> StreamState:
         return self._state
 
