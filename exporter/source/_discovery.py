@@ -29,6 +29,7 @@ Quirks handled here:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -36,8 +37,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
-from ..errors import SourceError, SourceHTTPError
-from ..models import Run, Step, parse_record, parse_records
+from .._ratelimit import RateLimitedLog
+from ..errors import RecordInvalidError, SourceError, SourceHTTPError
+from ..models import Run, Step, load_json, parse_record, parse_records
 from ._http import Params, Requester
 from ._types import DiscoveredStep, StepFilter
 
@@ -139,12 +141,50 @@ def _forget(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+_skipped_log = RateLimitedLog(_logger)
+
+
+def _parse_page(model: type[Step] | type[Run], raw: bytes) -> list[Any]:
+    """A list page's records; an item that does not fit its schema is reported and left out.
+
+    Why: the page as a whole is re-read on every pass, so one unreadable item would otherwise
+    stop discovery at that page for good. A body that is not a JSON array at all is still an
+    error (nothing in it can be told apart).
+    """
+    try:
+        return parse_records(model, raw)
+    except RecordInvalidError as exc:
+        error = exc
+    try:
+        items = load_json(raw)
+    except ValueError:
+        raise error from None
+    if not isinstance(items, list):
+        raise error
+    kept: list[Any] = []
+    for index, item in enumerate(items):
+        try:
+            kept.append(parse_record(model, json.dumps(item)))
+        except (RecordInvalidError, ValueError) as exc:
+            record_id = item.get("id") if isinstance(item, dict) else None
+            _skipped_log.log(
+                f"skip:{record_id or index}",
+                logging.ERROR,
+                "a %s in a list page does not fit its schema and is skipped: %s (item %d, id %s)",
+                model.__name__.lower(),
+                exc,
+                index,
+                record_id if isinstance(record_id, str) else "unknown",
+            )
+    return kept
+
+
 def _parse_steps(raw: bytes) -> list[Step]:
-    return parse_records(Step, raw)
+    return _parse_page(Step, raw)
 
 
 def _parse_runs(raw: bytes) -> list[Run]:
-    return parse_records(Run, raw)
+    return _parse_page(Run, raw)
 
 
 class Discovery:
@@ -252,6 +292,9 @@ class Discovery:
                 # Ask for the next page while this one is handed out, so that the fetchers
                 # never wait a round trip for steps between two pages.
                 ahead = asyncio.ensure_future(fetch(after))
+                # Seen at once: when this generator is abandoned without being closed (its
+                # consumer failed), the page's failure must not be logged as never retrieved.
+                ahead.add_done_callback(_forget)
                 for step in page:
                     if _matches(step, filt, by_time=True):
                         yield DiscoveredStep(step=step, position=step.id)
@@ -259,7 +302,6 @@ class Discovery:
         finally:
             if ahead is not None:
                 ahead.cancel()
-                ahead.add_done_callback(_forget)
 
     async def _discover_runs(
         self, filt: StepFilter, where: tuple[str | None, str, datetime | None] | None

@@ -34,9 +34,14 @@ T = TypeVar("T")
 
 #: Runs remembered within a pass (looked up by each of their steps, then for the parent span).
 _RUN_CACHE_SIZE: Final = 4096
-#: Passes in a row that may stop on the same step's trace (HTTP 5xx after retries) before that
-#: step is reported as unreadable and skipped.
-POISON_PASSES: Final = 3
+#: Passes in a row that may stop on the same step's trace (HTTP 5xx after retries, or a 4xx
+#: other than 404) before that step is reported as unreadable and skipped. Five: a step whose
+#: every try fails on five passes (30 tries with the default retries) is broken, not unlucky
+#: (at 70% errors, one good step in 40,000 gets that far).
+POISON_PASSES: Final = 5
+#: Answers that are not one step's problem: a refused key stops every call alike (the pass
+#: stops and is tried again; nothing is skipped), and 429 asks everyone to slow down.
+_NOT_THE_RECORD: Final = frozenset({401, 403, 407, 429})
 
 
 class ApiClient(Protocol):
@@ -163,7 +168,7 @@ class StepEnricher:
             # passes that stopped on it, report it and move on rather than stall forever.
             failures = self._poisoned.get(step_id, 0) + 1
             self._poisoned[step_id] = failures
-            if exc.status_code < 500 or failures < POISON_PASSES:
+            if exc.status_code in _NOT_THE_RECORD or failures < POISON_PASSES:
                 raise
             return Enriched(step=step, error=exc)
         finally:
