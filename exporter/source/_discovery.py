@@ -213,6 +213,7 @@ class Discovery:
         self._mode_lock = asyncio.Lock()
         self._runs_cursor: _Cursor = "after"
         self._swap_logged = False
+        self._cursor_known = False  # a page after a cursor came back with runs
 
     # ------------------------------------------------------------------ mode
     async def mode(self) -> DiscoveryMode:
@@ -402,8 +403,15 @@ class Discovery:
                 page = await self._runs_page(base, None) or []
             else:
                 page = await self._runs_page(base, cursor_id)
-                if page is None or not _advances(page, recent, cursor_at):
+                if page == [] and not self._cursor_known:
+                    # Nothing after the cursor run, by a cursor parameter not seen working yet
+                    # (a resume right after the first run, on a server with swapped cursors):
+                    # the other parameter says whether there really is nothing more.
+                    page = await self._other_cursor(base, cursor_id, cursor_at, recent) or []
+                elif page is None or not _advances(page, recent, cursor_at):
                     page = await self._other_cursor(base, cursor_id, cursor_at, recent)
+                if page:
+                    self._cursor_known = True
             if page is None:
                 # Neither cursor works from here (an unknown or broken cursor run): list again
                 # from the first run, skipping what was passed, once per listing.
@@ -465,6 +473,8 @@ class Discovery:
         page = await self._runs_page(base, cursor_id, param=other)
         if page is None or (page and not _advances(page, recent, cursor_at)):
             return None
+        if not page:
+            return page  # nothing either way: not a sign that the cursors are swapped
         if not self._swap_logged:
             self._swap_logged = True
             _logger.info(
