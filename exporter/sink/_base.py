@@ -252,6 +252,33 @@ class DeliveringExporter(SpanExporter):
         self._account(len(spans), result)
         return result
 
+    def deliver_request(self, body: bytes, *, span_count: int) -> Delivery:
+        """Send an encoded ``ExportTraceServiceRequest`` once (a dead-letter replay): like
+        :meth:`deliver`, for spans that exist only as the request that carried them.
+
+        Args:
+            body: the serialized request.
+            span_count: the spans in it (for the counters).
+
+        Returns:
+            The outcome; a sink that cannot send requests as they are (file, console) answers
+            ``delivered=False`` with a configuration failure.
+        """
+        if self._shut_down:
+            result = Delivery(delivered=False, message=f"{self._target}: exporter is shut down")
+        else:
+            try:
+                result = self._deliver_request(body)
+            except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
+                result = Delivery(
+                    delivered=False,
+                    message=f"{self._target}: unexpected {type(exc).__name__}: "
+                    f"{one_line(str(exc))}",
+                )
+        result = self._scrub(result)
+        self._account(span_count, result)
+        return result
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """The SDK interface: :meth:`deliver` folded to ``SUCCESS`` / ``FAILURE``."""
         return (
@@ -273,6 +300,14 @@ class DeliveringExporter(SpanExporter):
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
         """One attempt at sending ``spans``; may raise (the base turns it into a Delivery)."""
         raise NotImplementedError
+
+    def _deliver_request(self, body: bytes) -> Delivery:
+        """One attempt at sending an encoded request (network sinks override it)."""
+        return Delivery(
+            delivered=False,
+            message=f"{self._target}: this sink cannot send encoded requests (use an OTLP sink)",
+            failure="configuration",
+        )
 
     def _close(self) -> None:
         """Release resources (called once, by :meth:`shutdown`)."""

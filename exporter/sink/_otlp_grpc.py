@@ -301,7 +301,9 @@ class OtlpGrpcExporter(DeliveringExporter):
         return self._compression
 
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
-        request = self._encoder.encode(spans)
+        return self._deliver_request(self._encoder.encode(spans))
+
+    def _deliver_request(self, request: bytes) -> Delivery:
         try:
             response = self._export(request, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as err:

@@ -179,7 +179,9 @@ class OtlpHttpExporter(DeliveringExporter):
         return self._secure
 
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
-        body = self._encoder.encode(spans)
+        return self._deliver_request(self._encoder.encode(spans))
+
+    def _deliver_request(self, body: bytes) -> Delivery:
         if self._gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
         try:
