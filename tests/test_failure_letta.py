@@ -134,3 +134,25 @@ def test_sidecar_survives_a_70_percent_error_storm_and_delivers_everything(
     for text in ("Traceback", "never retrieved", "already running"):
         assert text not in err
     assert DeadLetter(tmp_path / "dead.jsonl").read() == []
+
+
+async def test_a_list_page_with_one_unreadable_item_skips_it_and_goes_on(caplog):
+    from exporter import wiring
+    from exporter.settings import Settings
+    from exporter.source import StepFilter
+
+    store = _store(12)
+    with FakeLetta(store, flavour="cloud") as letta:
+        async with httpx.AsyncClient(base_url=letta.url) as http:
+            answer = await http.get("/v1/steps/", params={"order": "asc", "limit": 50})
+            page = answer.json()
+        page.insert(3, {"id": 5, "agent_id": ["not", "a", "string"]})
+        bad_page = json.dumps(page).encode()
+        letta.add_fault(Fault(status=200, times=1, path=r"^/v1/steps/$", body=bad_page))
+        settings = Settings.load(
+            letta_base_url=letta.url, max_retries=0, page_size=50, discovery="steps"
+        )
+        async with wiring.letta_client(settings) as client:
+            ids = [found.step.id async for found in client.discover(StepFilter())]
+    assert ids == store.step_ids()
+    assert any("skipped" in r.getMessage() for r in caplog.records)
