@@ -49,8 +49,10 @@ _logger = logging.getLogger(__name__)
 
 #: One-shot passes in a row that may fail without moving the cursor before the export gives up
 #: (more than the passes the API source lets a step's trace fail before it reports the step as
-#: unreadable and goes on: ``POISON_PASSES``, 5).
-_STALLED_PASSES: Final = 6
+#: unreadable and goes on, ``POISON_PASSES`` (5), and enough that a storm where most calls fail
+#: but some succeed does not end the export: at 70% errors a pass gets nowhere about one time
+#: in three).
+_STALLED_PASSES: Final = 10
 #: Seconds a one-shot export waits before reading again after a failed pass.
 _RETRY_PASS_SECONDS: Final = 1.0
 #: Letta answers that no retry of the pass can fix: a refused key, a forbidden route.

@@ -84,7 +84,7 @@ def test_one_shot_export_in_a_70_percent_error_storm_keeps_making_progress(tmp_p
     # Default retries: some calls fail for good, but the export goes on past them.
     assert len(during) >= len(expected) // 2
     if stormy.returncode != 0:
-        assert "traces delivered" in summary["error"]
+        assert "traces delivered" in (summary["error"] or ""), stormy.stdout
     assert summary["exported"] >= len(during)
     assert calm.returncode == 0, calm.stderr
     assert expected <= after

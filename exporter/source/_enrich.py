@@ -145,11 +145,16 @@ class StepEnricher:
                 run_lookup.set_result(known)
             else:
                 run_lookup = asyncio.ensure_future(self.run(early_run, not_after))
+        own = True  # failures of this step's own records count towards POISON_PASSES
         try:
             trace = await self._client.get_trace(step_id)
             if step is None:
                 # A step asked again (its trace was null): it may have been deleted since.
                 step = await _unless_gone(self._client.get_step(step_id))
+            # The rest is shared (metrics aside): a run or an agent Letta fails on is every
+            # step's problem, not this one's, so it never makes this step skipped.
+            own = False
+            self._poisoned.pop(step_id, None)
             metrics = None
             if trace is not None and trace.latency_ms is None:
                 metrics = await self._client.get_step_metrics(step_id)
@@ -166,9 +171,11 @@ class StepEnricher:
         except SourceHTTPError as exc:
             # Letta keeps failing on this one step (the client already retried): after a few
             # passes that stopped on it, report it and move on rather than stall forever.
+            if not own or exc.status_code in _NOT_THE_RECORD:
+                raise
             failures = self._poisoned.get(step_id, 0) + 1
             self._poisoned[step_id] = failures
-            if exc.status_code in _NOT_THE_RECORD or failures < POISON_PASSES:
+            if failures < POISON_PASSES:
                 raise
             return Enriched(step=step, error=exc)
         finally:
@@ -177,7 +184,6 @@ class StepEnricher:
                     run_lookup.cancel()  # the shared load goes on for the other steps
                 elif not run_lookup.cancelled():
                     run_lookup.exception()  # seen (or raised) above
-        self._poisoned.pop(step_id, None)
         return Enriched(step=step, trace=trace, metrics=metrics, run=run, agent=agent)
 
     async def aclose(self) -> None:
