@@ -156,3 +156,36 @@ async def test_a_list_page_with_one_unreadable_item_skips_it_and_goes_on(caplog)
             ids = [found.step.id async for found in client.discover(StepFilter())]
     assert ids == store.step_ids()
     assert any("skipped" in r.getMessage() for r in caplog.records)
+
+
+async def test_closing_the_run_lookup_while_another_task_reads_its_list_waits_for_it():
+    # A shared run load outlives the step that started it; a new pass closing the runs list
+    # under it must wait, not fail with "aclose(): asynchronous generator is already running".
+    import asyncio
+
+    from exporter.models import Run
+    from exporter.source._runs import RunLookup
+
+    gate = asyncio.Event()
+
+    class _Client:
+        async def get_run(self, run_id: str) -> Run:
+            return Run(id=run_id, status="completed")
+
+        async def list_runs(self, filt, *, after=None):
+            await gate.wait()
+            yield Run(id="run-b", status="completed")
+
+    lookup = RunLookup(_Client())  # type: ignore[arg-type]
+    assert (await lookup.get("run-a")) is not None  # asked directly; the list is opened
+    reader = asyncio.create_task(lookup.get("run-b"))
+    for _ in range(5):
+        await asyncio.sleep(0)  # the reader is inside the list's generator now
+    closing = asyncio.create_task(lookup.aclose())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    gate.set()
+    await closing
+    found = await reader
+    assert found is not None
+    assert found.id == "run-b"
