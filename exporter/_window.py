@@ -69,3 +69,8 @@ async def ordered_map(
             future.cancel()
         if window:
             await asyncio.gather(*window, return_exceptions=True)
+        # Close the stream now rather than at garbage collection, so that what it holds open
+        # (a page read ahead, a listing) is released in order.
+        close = getattr(items, "aclose", None)
+        if close is not None:
+            await close()

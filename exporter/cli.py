@@ -64,6 +64,18 @@ Examples:
   letta-otel-exporter convert dump.jsonl --content full -o spans.jsonl
 """
 
+_EPILOG_REPLAY = """\b
+Examples:
+  # send again what the collector refused, to the collector configured as for export
+  letta-otel-exporter replay letta-otel-exporter.dead-letter.jsonl \\
+    --otlp-endpoint http://localhost:4318
+  # the same, with a JSON report (entries delivered, kept and why)
+  letta-otel-exporter replay /var/lib/exporter/dead-letter.jsonl --json
+\b
+Exit codes: 0 every entry delivered (the file is left empty), 1 entries kept (a step that
+never had a trace, a batch refused again, the collector unreachable), 2 bad usage or setup.
+"""
+
 _EPILOG_CHECK = """\b
 Examples:
   letta-otel-exporter check
@@ -536,6 +548,34 @@ def convert(input_path: str | None, output: str, no_parents: bool, **flags: Any)
         from . import commands
 
         code = commands.convert(settings, input_path, output, parents=not no_parents)
+    sys.exit(code)
+
+
+@app.command(epilog=_EPILOG_REPLAY)
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_settings_options
+def replay(file: Path, as_json: bool, **flags: Any) -> None:
+    """Send a dead-letter file's entries to the collector again, removing each one delivered.
+
+    Batches the collector refused are sent as they were; records that could not be read are
+    read and converted again. What cannot be re-sent (a step that never had a trace, a record
+    still unreadable, a batch refused again) stays in the file and is named. Running it twice
+    sends nothing twice; stopped or killed midway, it loses nothing.
+    """
+    with _errors():
+        settings = _load(flags)
+        from .dead_letters import replay_command
+
+        data, code = replay_command(settings, file)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(
+            f"re-sent {data['delivered']} of {data['entries']} entries ({data['spans']} spans); "
+            f"{data['kept']} kept in {file}"
+            + (f"; stopped: {data['error']}" if data["error"] else "")
+        )
     sys.exit(code)
 
 

@@ -258,6 +258,7 @@ async def _run(settings: Settings) -> int:
                     metrics=metrics,
                     alive=plan.alive,
                     ready=plan.ready,
+                    blocked=plan.blocked,
                 )
                 health.start()
                 _logger.info(
@@ -284,6 +285,14 @@ class _SidecarPlan:
     drain: Any = None
     leftover: Any = None  # records left undelivered at exit (the socket's journal)
     waits_for_records: Any = None  # the worker that sleeps until a record comes (the socket's)
+
+    def blocked(self) -> str | None:
+        """Why delivery is stopped by a configuration failure (a refused credential, a wrong
+        path), for /readyz; None while every worker can deliver."""
+        for task in self.tasks:
+            if (reason := task.worker.blocked) is not None:
+                return str(reason)
+        return None
 
     def alive(self) -> bool:
         """/healthz: every worker made progress lately (the socket worker, waiting for
@@ -423,7 +432,10 @@ def _stopped(worker: Any) -> int:
     failed (a refused API key, Letta unreachable) is not a success."""
     data = worker.total.as_dict()
     error = getattr(worker, "last_error", None)
-    if error is not None and not worker.total.exported:
+    blocked = getattr(worker, "blocked", None)
+    if blocked is not None:
+        data |= {"ok": False, "error": f"the collector refuses this exporter's setup: {blocked}"}
+    elif error is not None and not worker.total.exported:
         data |= {"ok": False, "error": error}
     _logger.info("stopped: %s", json.dumps(data))
     return EXIT_OK if data["ok"] else EXIT_FAILED

@@ -19,6 +19,8 @@ these at the stage that meets them, with ``raise ... from exc``.
     ├── RecordInvalidError     (also ValueError)  a record does not match its schema
     ├── SinkError                                 the collector or output refused or failed
     │   └── UndeliveredError                      a batch not accepted before the job's deadline
+    │       └── DeliveryBlockedError              the collector refuses our setup (credential,
+    │                                             path, protocol): nothing can be delivered
     └── CheckpointError                           the state file cannot be read or written
 
     Stopped                                       not an error: shutdown was requested while a
@@ -37,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DatabaseConfigError",
     "DatabaseError",
+    "DeliveryBlockedError",
     "ExporterError",
     "JournalError",
     "RecordInvalidError",
@@ -231,6 +234,28 @@ class UndeliveredError(SinkError):
         self.message = reason
         self.trace_ids = list(trace_ids)
         self.reason = reason
+
+
+class DeliveryBlockedError(UndeliveredError):
+    """The collector refuses the exporter's configuration (a credential, the URL path or method,
+    the protocol), so no batch can be delivered until it is fixed.
+
+    Nothing was dead-lettered and the checkpoint did not move: a run with the setting fixed
+    delivers everything.
+
+    Args:
+        trace_ids: the provider trace ids (or step ids) of the batch that was held.
+        reason: the collector's answer (status and message, never header values).
+        target: where the batch was going, when known.
+    """
+
+    def __init__(self, trace_ids: Sequence[str], reason: str, *, target: str = "the sink") -> None:
+        super().__init__(trace_ids, reason, target=target)
+        ExporterError.__init__(
+            self,
+            f"the collector refuses this exporter's configuration: {reason}; nothing was "
+            "dead-lettered and the checkpoint did not move: fix the setting and run again",
+        )
 
 
 class CheckpointError(ExporterError):

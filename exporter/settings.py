@@ -360,6 +360,12 @@ class Settings(BaseSettings):
         ),
     )
     batch_size: int = Field(512, ge=1, le=10000, description="Spans per export request.")
+    batch_max_bytes: int = Field(
+        4194304,
+        ge=1024,
+        description="Largest encoded export request in bytes: a batch over it is sent in "
+        "smaller parts (a single larger span is sent alone).",
+    )
     export_deadline_seconds: float = Field(
         120.0,
         gt=0,

@@ -190,6 +190,8 @@ class HealthServer:
         metrics: the registry to expose.
         alive: returns True while the worker loop makes progress.
         ready: returns True once the worker can export (a pass completed).
+        blocked: why delivery is stopped (a configuration failure the collector keeps
+            answering), or None; while it says something /readyz answers 503 with the reason.
     """
 
     def __init__(
@@ -200,10 +202,12 @@ class HealthServer:
         metrics: Metrics,
         alive: Callable[[], bool],
         ready: Callable[[], bool],
+        blocked: Callable[[], str | None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._alive = alive
         self._ready = ready
+        self._blocked = blocked
         handler = self._handler()
         try:
             self._server = ThreadingHTTPServer((host, port), handler)
@@ -246,6 +250,10 @@ class HealthServer:
                     ok = outer._alive()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"stalled\n")
                 elif self.path == "/readyz":
+                    reason = outer._blocked() if outer._blocked is not None else None
+                    if reason is not None:
+                        self._send(503, f"not ready: {reason}\n".encode(errors="replace"))
+                        return
                     ok = outer._ready()
                     self._send(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
                 else:

@@ -293,6 +293,7 @@ def build_shipper(
         retry_max_seconds=settings.retry_backoff_max_seconds,
         dry_run=dry_run,
         on_delivered=delivered_hook(genai),
+        max_bytes=settings.batch_max_bytes,
     )
 
 

@@ -22,6 +22,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 
 from opentelemetry.sdk.resources import Resource
 
@@ -29,7 +30,7 @@ from ._ratelimit import RateLimitedLog
 from .batch import Batch, Entry, apply_delivered
 from .checkpoint import Checkpoint, StreamState
 from .convert import ConvertOptions
-from .errors import RecordInvalidError, SourceError, Stopped
+from .errors import RecordInvalidError, SourceError, SourceHTTPError, Stopped
 from .intake import Intake
 from .parents import ParentSpans
 from .run_tracking import LocalRuns, RunContext, RunTracker
@@ -45,6 +46,17 @@ from .telemetry import DeadLetter, Metrics
 __all__ = ["Worker", "WorkerOptions", "in_shard"]
 
 _logger = logging.getLogger(__name__)
+
+#: One-shot passes in a row that may fail without moving the cursor before the export gives up
+#: (more than the passes the API source lets a step's trace fail before it reports the step as
+#: unreadable and goes on, ``POISON_PASSES`` (5), and enough that a storm where most calls fail
+#: but some succeed does not end the export: at 70% errors a pass gets nowhere about one time
+#: in three).
+_STALLED_PASSES: Final = 10
+#: Seconds a one-shot export waits before reading again after a failed pass.
+_RETRY_PASS_SECONDS: Final = 1.0
+#: Letta answers that no retry of the pass can fix: a refused key, a forbidden route.
+_REFUSED: Final = frozenset({401, 403, 407})
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +156,16 @@ class Worker:
         self._log = RateLimitedLog(_logger)
         self._saving = asyncio.Lock()
         self._source_retries = 0
+        self._shipped: Batch | None = None
         self.heartbeat = clock()
         self.passes = 0
         #: Why the last sidecar pass failed (None once one succeeds): the exit status says it.
         self.last_error: str | None = None
+
+    @property
+    def blocked(self) -> str | None:
+        """Why delivery is stopped (the collector refuses the configuration), or None."""
+        return self._shipper.blocked
 
     @property
     def state(self) -> StreamState:
@@ -179,6 +197,9 @@ class Worker:
                     break
                 batch = await self._take(event, batch, summary)
             await self._end_pass(batch, summary, final=final)
+        except (SourceError, RecordInvalidError):
+            await self._salvage(batch, summary)
+            raise
         finally:
             self._count_pass(summary)
         self._passed()
@@ -215,7 +236,12 @@ class Worker:
                 break
             except (SourceError, RecordInvalidError) as exc:
                 # Letta down, or answering what it should not: nothing was lost (the checkpoint
-                # holds what was delivered); the next poll tries again.
+                # holds what was delivered); what was read before the failure is shipped, so
+                # the next pass starts after it even when every pass fails somewhere.
+                try:
+                    await self._salvage(batch, summary)
+                except Stopped:
+                    break
                 self.last_error = str(exc)
                 self._log.warning("source", "pass failed, trying again next poll: %s", exc)
                 self.heartbeat = self._clock()
@@ -235,18 +261,53 @@ class Worker:
             UndeliveredError: the collector did not accept a batch before the deadline.
             SourceError: the source failed.
         """
-        await self.run_pass()
+        await self._pass_until_through()
         while self._state.pending and not self._stop.is_set():
             await self._sleep(min(poll_seconds, self._next_settle()))
             if self._stop.is_set():
                 break
-            await self.run_pass()
+            await self._pass_until_through()
         if not self._stop.is_set():
             final = ExportSummary()
             await self._parents.ship_finished(final, final=True)
             self._total.add(final)
         self._total.pending = len(self._state.pending)
         return self._total
+
+    async def _pass_until_through(self) -> None:
+        """One-shot: a pass, read again from the checkpoint after a failure while passes move
+        the cursor, so an export against a flaky Letta keeps going while calls succeed.
+
+        Raises:
+            SourceError: Letta refused the key, or several passes in a row failed without
+                moving the cursor (the message says how far the export got).
+        """
+        stalled = 0
+        while True:
+            cursor = self._state.cursor
+            try:
+                await self.run_pass()
+                return
+            except (SourceError, RecordInvalidError) as exc:
+                if isinstance(exc, SourceHTTPError) and exc.status_code in _REFUSED:
+                    raise
+                stalled = 0 if self._state.cursor != cursor else stalled + 1
+                if stalled >= _STALLED_PASSES or self._stop.is_set():
+                    total = self._total
+                    raise SourceError(
+                        f"{exc} (gave up after {stalled} passes in a row that got no further; "
+                        f"{total.exported} traces delivered, {total.invalid} reported unreadable)"
+                    ) from exc
+                self._log.warning(
+                    "pass",
+                    "pass failed (%s); reading again from the checkpoint (%d traces delivered "
+                    "so far)",
+                    exc,
+                    self._total.exported,
+                )
+                await self._sleep(_RETRY_PASS_SECONDS)
+                if self._stop.is_set():
+                    raise Stopped from exc
 
     # ------------------------------------------------------------------ one event
     async def _take(self, event: Event, batch: Batch, summary: ExportSummary) -> Batch:
@@ -280,6 +341,7 @@ class Worker:
             self._intake.report_missing(entry, summary)
 
         apply_delivered(batch, self._state, owns_run=self._owns_run, on_missing=missing)
+        self._shipped = batch
         await self._save()
         if self._after_delivery is not None:
             await self._after_delivery(batch, self._state)
@@ -288,6 +350,12 @@ class Worker:
         if self._on_progress is not None:
             self._on_progress(summary)
         await self._parents.ship_due(summary)
+
+    async def _salvage(self, batch: Batch, summary: ExportSummary) -> None:
+        """After a failed read: ship what was read before the failure (complete and in order)
+        unless it was shipped already, so the checkpoint moves past it."""
+        if batch is not self._shipped:
+            await self._ship(batch, summary)
 
     async def _save(self) -> None:
         """Save the checkpoint off the event loop (a lock and two fsyncs), one save at a time.

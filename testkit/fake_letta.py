@@ -607,6 +607,9 @@ class Fault:
         body: the body (default: ``{"detail": "<fault>"}``).
         delay: seconds to wait before answering.
         drop: close the connection without answering (the client sees a network error).
+        rate: the share of matching requests that get it (``0.7``: an error storm where 3 calls
+            in 10 still succeed), drawn from ``seed``.
+        seed: the draw's seed, so a storm is the same on every run.
     """
 
     status: int = 500
@@ -617,12 +620,21 @@ class Fault:
     delay: float = 0.0
     drop: bool = False
     hits: int = 0
+    rate: float = 1.0
+    seed: int = 0
+    _draw: random.Random | None = None
 
     def matches(self, path: str) -> bool:
         """Whether this fault applies to ``path`` (and has uses left)."""
         if self.times is not None and self.hits >= self.times:
             return False
-        return self.path is None or re.search(self.path, path) is not None
+        if self.path is not None and re.search(self.path, path) is None:
+            return False
+        if self.rate >= 1.0:
+            return True
+        if self._draw is None:
+            self._draw = random.Random(self.seed)
+        return self._draw.random() < self.rate
 
 
 _Answer = tuple[int, bytes, dict[str, str]]

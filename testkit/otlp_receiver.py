@@ -284,6 +284,9 @@ class OtlpReceiver:
         metrics_unimplemented: answer metrics ``UNIMPLEMENTED`` / 404, like Jaeger.
         on_spans: called with the spans of each accepted trace request (outside the lock).
         on_points: called with the data points of each accepted metrics request.
+        max_message_bytes: the largest request taken (gRPC's own
+            ``grpc.max_receive_message_length``, which answers ``RESOURCE_EXHAUSTED`` "larger
+            than max"; HTTP answers 413 for a longer body); ``None``: the default (64 MiB).
     """
 
     def __init__(
@@ -301,6 +304,7 @@ class OtlpReceiver:
         metrics_unimplemented: bool = False,
         on_spans: Callable[[list[ReceivedSpan]], None] | None = None,
         on_points: Callable[[list[ReceivedPoint]], None] | None = None,
+        max_message_bytes: int | None = None,
     ) -> None:
         if (tls_certificate_file is None) != (tls_key_file is None):
             raise ValueError("TLS needs both tls_certificate_file and tls_key_file")
@@ -337,6 +341,9 @@ class OtlpReceiver:
         self._metrics_unimplemented = metrics_unimplemented
         self._on_spans = on_spans
         self._on_points = on_points
+        self.max_message_bytes = max_message_bytes or _MAX_MESSAGE
+        #: Requests refused for their size (gRPC refusals happen inside grpc-core, uncounted).
+        self.too_large_refusals = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> OtlpReceiver:
@@ -392,7 +399,7 @@ class OtlpReceiver:
         server = grpc.server(
             ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="otlp-grpc"),
             options=[
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_receive_message_length", self.max_message_bytes),
                 # Two live servers on one port would split the traffic silently.
                 ("grpc.so_reuseport", 0),
             ],
@@ -969,6 +976,11 @@ class _Handler(BaseHTTPRequestHandler):
         # Read the body before any answer, so that the keep-alive connection stays in step.
         raw = self.rfile.read(int(length))
         path = self.path.split("?", 1)[0]
+        if len(raw) > self.server.receiver.max_message_bytes:
+            with self.server.receiver._lock:
+                self.server.receiver.too_large_refusals += 1
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, b"request too large", "text/plain")
+            return
         if path not in (TRACES_PATH, METRICS_PATH):
             self._reply(HTTPStatus.NOT_FOUND, b"not found", "text/plain")
             return

@@ -76,7 +76,7 @@ def _spans(requests: list) -> list:
 
 
 # ------------------------------------------------------------------------------- help, usage
-@pytest.mark.parametrize("command", ["run", "export", "convert", "check"])
+@pytest.mark.parametrize("command", ["run", "export", "convert", "check", "replay"])
 def test_every_command_has_help_with_examples(tmp_path, command):
     result = _run([command, "--help"], _env(tmp_path))
     assert result.returncode == 0

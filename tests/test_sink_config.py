@@ -434,6 +434,7 @@ def http_answering(response: httpx.Response) -> OtlpHttpExporter:
                 delivered=False,
                 permanent=True,
                 message="http://collector:4318/v1/traces: HTTP 301 Moved Permanently",
+                failure="configuration",  # a wrong URL: delivery waits, nothing is dropped
             ),
         ),
     ],

@@ -16,7 +16,7 @@ from tests.conftest import LETTA
 
 FAST = RetryPolicy(max_retries=2, initial_backoff=0.01, max_backoff=0.02)
 START = datetime(2026, 3, 1, tzinfo=UTC)
-DISCOVERY_LOGGER = "exporter.source._discovery"
+DISCOVERY_LOGGER = "exporter.source"  # discovery and its runs listing (_discovery, _runs_list)
 
 
 def client_for(fake: FakeLetta, **options) -> LettaClient:

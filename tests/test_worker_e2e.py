@@ -16,6 +16,7 @@ from exporter import wiring
 from exporter.convert import span_id_for, trace_id_for_run
 from exporter.errors import SourceHTTPError, UndeliveredError
 from exporter.settings import Settings
+from exporter.source._enrich import POISON_PASSES
 from exporter.telemetry import Metrics
 from exporter.wiring import build_exporter
 from exporter.worker import Worker, in_shard
@@ -472,7 +473,7 @@ async def test_a_trace_letta_always_fails_on_is_reported_after_a_few_passes(tmp_
         letta.fail(500, times=None, path=rf"^/v1/steps/{broken}/trace$")
         settings = settings_for(letta, rx, tmp_path, max_retries=1, batch_size=1)
         async with make_worker(settings, one_shot=False) as worker:
-            for _ in range(2):  # the first passes stop on it: the cursor waits
+            for _ in range(POISON_PASSES - 1):  # the first passes stop on it: the cursor waits
                 with pytest.raises(SourceHTTPError):
                     await worker.run_pass()
                 assert {s.span_id for s in rx.spans()} == {_hex_span(traces[0])}

@@ -8,7 +8,7 @@ waits, so there is one retry layer per hop.
 
 from __future__ import annotations
 
-from ._base import DeliveringExporter, Delivery, ExportStats
+from ._base import DeliveringExporter, Delivery, ExportStats, FailureKind
 from ._console import ConsoleExporter, format_span
 from ._factory import deliver
 from ._jsonfile import OtlpJsonFileExporter, otlp_json_to_request, spans_to_otlp_json
@@ -20,6 +20,7 @@ __all__ = [
     "DeliveringExporter",
     "Delivery",
     "ExportStats",
+    "FailureKind",
     "OtlpGrpcExporter",
     "OtlpHttpExporter",
     "OtlpJsonFileExporter",

@@ -13,8 +13,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Final
+from dataclasses import dataclass, replace
+from typing import Final, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -22,7 +22,26 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from .._ratelimit import RateLimitedLog
 
-__all__ = ["DeliveringExporter", "Delivery", "ExportStats", "display_url", "one_line"]
+__all__ = [
+    "DeliveringExporter",
+    "Delivery",
+    "ExportStats",
+    "FailureKind",
+    "display_url",
+    "one_line",
+]
+
+#: Why a batch was not delivered, which decides what the shipper does with it:
+#:
+#: * ``transient``: the collector is down, busy or slow; send the same batch again later.
+#: * ``configuration``: the credential, the URL path, the method or the protocol is wrong; no
+#:   batch can get through until someone fixes it, so delivery stops (the checkpoint waits,
+#:   nothing is dead-lettered) and tries again with backoff.
+#: * ``data``: the collector read this batch and refused it (HTTP 400, gRPC
+#:   ``INVALID_ARGUMENT``); it goes to the dead-letter file.
+#: * ``too_large``: the request is over the collector's size limit (gRPC
+#:   ``RESOURCE_EXHAUSTED`` "larger than max", HTTP 413); smaller batches may pass.
+FailureKind = Literal["transient", "configuration", "data", "too_large"]
 
 _logger = logging.getLogger(__name__)
 
@@ -32,6 +51,11 @@ DEFAULT_LOG_INTERVAL: Final = 60.0
 #: replacing "1" or "on" everywhere would make messages unreadable.
 _MIN_SECRET_LENGTH: Final = 3
 _REDACTED: Final = "[redacted]"
+_FAILURE_WORDS: Final = {
+    "data": "permanently",
+    "configuration": "(delivery waits until the configuration is fixed)",
+    "too_large": "(the batch is too large; it will be split)",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +73,8 @@ class Delivery:
             rather than wait.
         retry_after: seconds the receiver asked us to wait before sending again (HTTP
             ``Retry-After``, gRPC ``RetryInfo``), when it said so.
+        failure: why it failed, when the sink knows better than ``permanent`` alone says
+            (see :data:`FailureKind`); ``None`` leaves it to :attr:`kind`'s default.
     """
 
     delivered: bool
@@ -56,6 +82,15 @@ class Delivery:
     message: str = ""
     permanent: bool = False
     retry_after: float | None = None
+    failure: FailureKind | None = None
+
+    @property
+    def kind(self) -> FailureKind:
+        """The failure class of an undelivered batch: ``failure`` when the sink set one, else
+        ``data`` for a permanent failure and ``transient`` for any other."""
+        if self.failure is not None:
+            return self.failure
+        return "data" if self.permanent else "transient"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +252,33 @@ class DeliveringExporter(SpanExporter):
         self._account(len(spans), result)
         return result
 
+    def deliver_request(self, body: bytes, *, span_count: int) -> Delivery:
+        """Send an encoded ``ExportTraceServiceRequest`` once (a dead-letter replay): like
+        :meth:`deliver`, for spans that exist only as the request that carried them.
+
+        Args:
+            body: the serialized request.
+            span_count: the spans in it (for the counters).
+
+        Returns:
+            The outcome; a sink that cannot send requests as they are (file, console) answers
+            ``delivered=False`` with a configuration failure.
+        """
+        if self._shut_down:
+            result = Delivery(delivered=False, message=f"{self._target}: exporter is shut down")
+        else:
+            try:
+                result = self._deliver_request(body)
+            except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
+                result = Delivery(
+                    delivered=False,
+                    message=f"{self._target}: unexpected {type(exc).__name__}: "
+                    f"{one_line(str(exc))}",
+                )
+        result = self._scrub(result)
+        self._account(span_count, result)
+        return result
+
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """The SDK interface: :meth:`deliver` folded to ``SUCCESS`` / ``FAILURE``."""
         return (
@@ -239,6 +301,14 @@ class DeliveringExporter(SpanExporter):
         """One attempt at sending ``spans``; may raise (the base turns it into a Delivery)."""
         raise NotImplementedError
 
+    def _deliver_request(self, body: bytes) -> Delivery:
+        """One attempt at sending an encoded request (network sinks override it)."""
+        return Delivery(
+            delivered=False,
+            message=f"{self._target}: this sink cannot send encoded requests (use an OTLP sink)",
+            failure="configuration",
+        )
+
     def _close(self) -> None:
         """Release resources (called once, by :meth:`shutdown`)."""
 
@@ -251,13 +321,7 @@ class DeliveringExporter(SpanExporter):
             message = message.replace(secret, _REDACTED)
         if message == result.message:
             return result
-        return Delivery(
-            delivered=result.delivered,
-            rejected=result.rejected,
-            message=message,
-            permanent=result.permanent,
-            retry_after=result.retry_after,
-        )
+        return replace(result, message=message)
 
     def _account(self, count: int, result: Delivery) -> None:
         with self._stats_lock:
@@ -268,10 +332,12 @@ class DeliveringExporter(SpanExporter):
             else:
                 self._failed += 1
         if not result.delivered:
-            kind = "permanently" if result.permanent else "(will be retried)"
+            kind = _FAILURE_WORDS.get(result.kind, "(will be retried)")
             self._failure_log.failure(
                 f"span export failed {kind}: {result.message}",
-                level=logging.ERROR if result.permanent else logging.WARNING,
+                level=logging.ERROR
+                if result.kind in ("data", "configuration")
+                else logging.WARNING,
             )
         elif result.rejected or result.message:
             # OTLP partial_success: rejected spans are lost; a message alone is a warning.

@@ -26,7 +26,14 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from .. import __version__
 from ..errors import ConfigError
-from ._base import DEFAULT_LOG_INTERVAL, DeliveringExporter, Delivery, display_url, one_line
+from ._base import (
+    DEFAULT_LOG_INTERVAL,
+    DeliveringExporter,
+    Delivery,
+    FailureKind,
+    display_url,
+    one_line,
+)
 from ._encode import SpanEncoder
 from ._tls import TlsFiles
 
@@ -53,6 +60,18 @@ _RETRYABLE_CODES: Final[frozenset[grpc.StatusCode]] = frozenset(
 _RETRYABLE_WITH_RETRY_INFO: Final[frozenset[grpc.StatusCode]] = frozenset(
     {grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
+
+#: The collector cannot take anything from us until the setup changes (a credential, the
+#: service, the port): delivery stops and waits, nothing is dead-lettered.
+_CONFIGURATION_CODES: Final[frozenset[grpc.StatusCode]] = frozenset(
+    {
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+#: What a gRPC server says of a request over its ``grpc.max_receive_message_length``.
+_TOO_LARGE: Final = "larger than max"
 
 _COMPRESSION: Final[Mapping[str, grpc.Compression]] = {
     "none": grpc.Compression.NoCompression,
@@ -172,6 +191,16 @@ def classify_grpc_error(code: grpc.StatusCode, *, retry_after: float | None) -> 
     return not (code in _RETRYABLE_WITH_RETRY_INFO and retry_after is not None)
 
 
+def grpc_failure_kind(code: grpc.StatusCode, *, detail: str) -> FailureKind | None:
+    """What a failed call means for the batch (see :data:`~exporter.sink.FailureKind`), when it
+    is more than ``permanent`` says (``None``: data if permanent, else transient)."""
+    if code in _CONFIGURATION_CODES or _SPEAKS_HTTP1 in detail:
+        return "configuration"
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in detail:
+        return "too_large"
+    return None
+
+
 class OtlpGrpcExporter(DeliveringExporter):
     """Sends span batches to ``TraceService/Export`` once per :meth:`deliver`.
 
@@ -272,7 +301,9 @@ class OtlpGrpcExporter(DeliveringExporter):
         return self._compression
 
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
-        request = self._encoder.encode(spans)
+        return self._deliver_request(self._encoder.encode(spans))
+
+    def _deliver_request(self, request: bytes) -> Delivery:
         try:
             response = self._export(request, metadata=self._metadata, timeout=self._timeout)
         except grpc.RpcError as err:
@@ -305,6 +336,7 @@ class OtlpGrpcExporter(DeliveringExporter):
             message=message,
             permanent=classify_grpc_error(code, retry_after=delay),
             retry_after=delay,
+            failure=grpc_failure_kind(code, detail=detail),
         )
 
     def _close(self) -> None:

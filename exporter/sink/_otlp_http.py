@@ -11,7 +11,6 @@ says (429, 502, 503 and 504 are retryable, every other 4xx/5xx is not). The body
 from __future__ import annotations
 
 import gzip
-import json
 import re
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
@@ -28,7 +27,15 @@ from opentelemetry.sdk.trace import ReadableSpan
 from .. import __version__
 from .._retry import parse_retry_after
 from ..errors import ConfigError
-from ._base import DEFAULT_LOG_INTERVAL, DeliveringExporter, Delivery, display_url, one_line
+from ..models import load_json
+from ._base import (
+    DEFAULT_LOG_INTERVAL,
+    DeliveringExporter,
+    Delivery,
+    FailureKind,
+    display_url,
+    one_line,
+)
 from ._encode import SpanEncoder
 from ._tls import TlsFiles
 
@@ -47,6 +54,17 @@ _RETRYABLE_STATUS: Final[frozenset[int]] = frozenset(
     }
 )
 
+#: Statuses that mean the setup is wrong (credential, path, method), not the batch: delivery
+#: stops and waits, nothing is dead-lettered.
+_CONFIGURATION_STATUS: Final[frozenset[int]] = frozenset(
+    {
+        HTTPStatus.UNAUTHORIZED,
+        HTTPStatus.FORBIDDEN,
+        HTTPStatus.NOT_FOUND,
+        HTTPStatus.METHOD_NOT_ALLOWED,
+    }
+)
+
 _PROTOBUF: Final = "application/x-protobuf"
 _TOKEN: Final = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 #: Headers we set ourselves; a user header of the same name would corrupt the request.
@@ -58,6 +76,21 @@ _RESERVED: Final[frozenset[str]] = frozenset(
 def is_retryable_status(status_code: int) -> bool:
     """Whether an HTTP status from an OTLP receiver is worth sending the batch again."""
     return status_code in _RETRYABLE_STATUS
+
+
+def http_failure_kind(status_code: int) -> FailureKind | None:
+    """What an HTTP error status means for the batch (see :data:`~exporter.sink.FailureKind`),
+    when it is more than ``permanent`` says (``None``: data for a permanent status, transient
+    for a retryable one).
+
+    A redirect is a configuration failure too: the endpoint is not the collector's URL (we do
+    not follow redirects, since the body would be re-sent to wherever a server points).
+    """
+    if status_code in _CONFIGURATION_STATUS or 300 <= status_code < 400:
+        return "configuration"
+    if status_code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE:
+        return "too_large"
+    return None
 
 
 class OtlpHttpExporter(DeliveringExporter):
@@ -146,7 +179,9 @@ class OtlpHttpExporter(DeliveringExporter):
         return self._secure
 
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
-        body = self._encoder.encode(spans)
+        return self._deliver_request(self._encoder.encode(spans))
+
+    def _deliver_request(self, body: bytes) -> Delivery:
         if self._gzip:
             body = gzip.compress(body, compresslevel=6, mtime=0)
         try:
@@ -166,6 +201,7 @@ class OtlpHttpExporter(DeliveringExporter):
                     message=f"{self.target}: this endpoint does not speak HTTP/1.1 (a gRPC "
                     "port?); set OTEL_EXPORTER_OTLP_PROTOCOL=grpc (port 4317 by default) or "
                     f"point at the OTLP/HTTP port ({reason})",
+                    failure="configuration",
                 )
             return Delivery(
                 delivered=False,
@@ -176,6 +212,7 @@ class OtlpHttpExporter(DeliveringExporter):
                 delivered=False,
                 message=f"{self.target}: {type(exc).__name__}: {one_line(str(exc))}",
                 permanent=True,
+                failure="configuration",
             )
         if response.is_success:
             return _accepted(response)
@@ -191,6 +228,7 @@ class OtlpHttpExporter(DeliveringExporter):
             + (f": {detail}" if detail else ""),
             permanent=not is_retryable_status(status),
             retry_after=parse_retry_after(response.headers.get("retry-after")),
+            failure=http_failure_kind(status),
         )
 
     def _close(self) -> None:
@@ -233,7 +271,7 @@ def _error_detail(response: httpx.Response) -> str:
     text = body[:2000].decode("utf-8", "replace")
     if "json" in content_type:
         try:
-            data = json.loads(body)
+            data = load_json(body)
         except ValueError:
             data = None
         if isinstance(data, dict) and isinstance(data.get("message"), str):

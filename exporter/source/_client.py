@@ -147,7 +147,8 @@ class LettaClient:
 
     # ------------------------------------------------------------------ records
     async def get_trace(self, step_id: str) -> ProviderTrace | None:
-        """The step's provider trace; ``None`` when Letta has none (yet): it answers 200 ``null``.
+        """The step's provider trace; ``None`` when Letta has none (yet): it answers 200 ``null``
+        (or 404 for a step deleted since it was listed).
 
         Raises:
             RecordInvalidError: the body is not a ProviderTrace: a field of the wrong type, or
@@ -156,13 +157,15 @@ class LettaClient:
                 the error carries ``step_id``.
         """
         try:
-            raw = await self._requester.get(f"/v1/steps/{step_id}/trace")
+            # 404: the step is gone (deleted since it was listed): no trace, like null.
+            raw = await self._requester.get(f"/v1/steps/{step_id}/trace", missing_ok=True)
         except SourceResponseError as exc:
             # Too large, or compressed wrongly: the same bytes would come again.
             raise RecordInvalidError(
                 "ProviderTrace", None, None, exc.message, step_id=step_id
             ) from exc
-        assert raw is not None  # get answers None only with missing_ok
+        if raw is None:
+            return None
         try:
             return parse_trace_body(raw)
         except RecordInvalidError as exc:

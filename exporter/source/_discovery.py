@@ -30,15 +30,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
 from ..errors import SourceError, SourceHTTPError
-from ..models import Run, Step, parse_record, parse_records
-from ._http import Params, Requester
+from ..models import Run, Step, parse_record
+from ._http import Requester
+from ._runs_list import RunsListing, parse_steps
 from ._types import DiscoveredStep, StepFilter
 
 __all__ = ["Discovery", "DiscoveryMode", "decode_position", "encode_run_position"]
@@ -46,14 +46,10 @@ __all__ = ["Discovery", "DiscoveryMode", "decode_position", "encode_run_position
 _logger = logging.getLogger(__name__)
 
 DiscoveryMode = Literal["steps", "runs"]
-_Cursor = Literal["after", "before"]
 
 #: Answers of the steps probe that mean "this server cannot list steps": use the runs.
 _FALLBACK_STATUSES: Final = frozenset({400, 404, 405, 422})
-#: How many recent run ids a listing remembers to notice a cursor going round in circles.
-_RECENT_RUN_IDS: Final = 4096
 _STEPS_PATH: Final = "/v1/steps/"
-_RUNS_PATH: Final = "/v1/runs/"
 
 
 def encode_run_position(run: Run | str, step_id: str, created_at: datetime | None) -> str:
@@ -112,39 +108,10 @@ def _matches(step: Step, filt: StepFilter, *, by_time: bool) -> bool:
     return True
 
 
-class _RecentIds:
-    """The last few thousand ids seen, in bounded memory."""
-
-    def __init__(self, ids: Iterable[str] = ()) -> None:
-        self._order: deque[str] = deque()
-        self._set: set[str] = set()
-        for value in ids:
-            self.add(value)
-
-    def __contains__(self, value: object) -> bool:
-        return value in self._set
-
-    def add(self, value: str) -> None:
-        if value in self._set:
-            return
-        self._order.append(value)
-        self._set.add(value)
-        if len(self._order) > _RECENT_RUN_IDS:
-            self._set.discard(self._order.popleft())
-
-
 def _forget(future: asyncio.Future[Any]) -> None:
     """Mark an abandoned read-ahead's outcome as seen (nobody waits for it any more)."""
     if not future.cancelled():
         future.exception()
-
-
-def _parse_steps(raw: bytes) -> list[Step]:
-    return parse_records(Step, raw)
-
-
-def _parse_runs(raw: bytes) -> list[Run]:
-    return parse_records(Run, raw)
 
 
 class Discovery:
@@ -171,8 +138,7 @@ class Discovery:
         self._mode: DiscoveryMode | None = None
         self.reason = ""
         self._mode_lock = asyncio.Lock()
-        self._runs_cursor: _Cursor = "after"
-        self._swap_logged = False
+        self._runs = RunsListing(requester, page_size=page_size)
 
     # ------------------------------------------------------------------ mode
     async def mode(self) -> DiscoveryMode:
@@ -190,9 +156,7 @@ class Discovery:
         if self._forced is not None:
             return self._forced, "set by the discovery setting"
         try:
-            await self._requester.get_parsed(
-                _STEPS_PATH, _parse_steps, {"limit": 1, "order": "asc"}
-            )
+            await self._requester.get_parsed(_STEPS_PATH, parse_steps, {"limit": 1, "order": "asc"})
         except SourceHTTPError as exc:
             if exc.status_code not in _FALLBACK_STATUSES:
                 raise
@@ -234,7 +198,7 @@ class Discovery:
 
         async def fetch(cursor: str | None) -> list[Step]:
             page_params = dict(params, after=cursor) if cursor else params
-            return await self._requester.get_parsed(_STEPS_PATH, _parse_steps, page_params) or []
+            return await self._requester.get_parsed(_STEPS_PATH, parse_steps, page_params) or []
 
         ahead: asyncio.Future[list[Step]] | None = None
         try:
@@ -252,6 +216,9 @@ class Discovery:
                 # Ask for the next page while this one is handed out, so that the fetchers
                 # never wait a round trip for steps between two pages.
                 ahead = asyncio.ensure_future(fetch(after))
+                # Seen at once: when this generator is abandoned without being closed (its
+                # consumer failed), the page's failure must not be logged as never retrieved.
+                ahead.add_done_callback(_forget)
                 for step in page:
                     if _matches(step, filt, by_time=True):
                         yield DiscoveredStep(step=step, position=step.id)
@@ -259,7 +226,6 @@ class Discovery:
         finally:
             if ahead is not None:
                 ahead.cancel()
-                ahead.add_done_callback(_forget)
 
     async def _discover_runs(
         self, filt: StepFilter, where: tuple[str | None, str, datetime | None] | None
@@ -277,7 +243,7 @@ class Discovery:
                     if _matches(step, filt, by_time=False):
                         yield DiscoveredStep(step, encode_run_position(run_id, step.id, created_at))
                 start = (run_id, created_at)
-        async for run in self._iter_runs(filt, start=start):
+        async for run in self._runs.iterate(filt, start=start):
             async for step in self._steps_of(run.id):
                 if _matches(step, filt, by_time=False):
                     yield DiscoveredStep(
@@ -316,6 +282,11 @@ class Discovery:
             )
 
     # ------------------------------------------------------------------ runs
+    def list_runs(self, filt: StepFilter, *, after: Run | None = None) -> AsyncIterator[Run]:
+        """Runs matching the filter's agents and time window, oldest first (after ``after``)."""
+        start = (after.id, after.created_at) if after is not None else None
+        return self._runs.iterate(_aware(filt), start=start)
+
     async def list_run_steps(self, run_id: str, *, after: str | None = None) -> AsyncIterator[Step]:
         """A run's steps, oldest first, after step ``after`` (this route pages correctly).
 
@@ -326,7 +297,7 @@ class Discovery:
         previous: set[str] = {after} if after else set()
         while True:
             page_params = dict(params, after=after) if after else params
-            page = await self._requester.get_parsed(path, _parse_steps, page_params) or []
+            page = await self._requester.get_parsed(path, parse_steps, page_params) or []
             if any(step.id in previous for step in page):
                 _logger.warning("GET %s makes no progress after step %s; stopping", path, after)
                 return
@@ -336,113 +307,6 @@ class Discovery:
                 return
             previous = {step.id for step in page}
             after = page[-1].id
-
-    def list_runs(self, filt: StepFilter, *, after: Run | None = None) -> AsyncIterator[Run]:
-        """Runs matching the filter's agents and time window, oldest first (after ``after``)."""
-        start = (after.id, after.created_at) if after is not None else None
-        return self._iter_runs(_aware(filt), start=start)
-
-    async def _iter_runs(
-        self, filt: StepFilter, *, start: tuple[str, datetime | None] | None
-    ) -> AsyncIterator[Run]:
-        base: dict[str, str | int | list[str]] = {"order": "asc", "limit": self._page_size}
-        if len(filt.agent_ids) == 1:
-            base["agent_id"] = filt.agent_ids[0]
-        elif filt.agent_ids:
-            base["agent_ids"] = list(filt.agent_ids)
-        cursor_id, cursor_at = start if start is not None else (None, None)
-        recent = _RecentIds([cursor_id] if cursor_id else [])
-        skip_through: datetime | None = None  # after a full rescan: runs already passed
-        rescanned = False
-        while True:
-            page: list[Run] | None
-            if cursor_id is None:
-                page = await self._runs_page(base, None) or []
-            else:
-                page = await self._runs_page(base, cursor_id)
-                if page is None or not _advances(page, recent, cursor_at):
-                    page = await self._other_cursor(base, cursor_id, cursor_at, recent)
-            if page is None:
-                # Neither cursor works from here (an unknown or broken cursor run): list again
-                # from the first run, skipping what was passed, once per listing.
-                if rescanned:
-                    _logger.warning(
-                        "GET %s makes no progress after run %s with after= or before=; "
-                        "stopping this pass",
-                        _RUNS_PATH,
-                        cursor_id,
-                    )
-                    return
-                _logger.warning(
-                    "GET %s cannot page from run %s; listing again from the first run%s",
-                    _RUNS_PATH,
-                    cursor_id,
-                    "" if cursor_at is not None else " (its time is unknown: runs may repeat)",
-                )
-                rescanned, skip_through, cursor_id = True, cursor_at, None
-                recent = _RecentIds()
-                continue
-            if not page:
-                return
-            for run in page:
-                recent.add(run.id)
-                created = run.created_at
-                if created is not None:
-                    if filt.until is not None and created >= filt.until:
-                        return
-                    if skip_through is not None and created <= skip_through:
-                        continue
-                    if filt.since is not None and created <= filt.since:
-                        continue
-                if filt.agent_ids and run.agent_id not in filt.agent_ids:
-                    continue
-                yield run
-            cursor_id, cursor_at = page[-1].id, page[-1].created_at
-
-    async def _runs_page(
-        self, base: Params, cursor_id: str | None, *, param: _Cursor | None = None
-    ) -> list[Run] | None:
-        """One page of runs; ``None`` when the cursor run is unknown to the server (404)."""
-        params = dict(base)
-        if cursor_id is not None:
-            params[param or self._runs_cursor] = cursor_id
-        # Without a cursor a 404 means "no runs route": an error, not an empty list.
-        return await self._requester.get_parsed(
-            _RUNS_PATH, _parse_runs, params, missing_ok=cursor_id is not None
-        )
-
-    async def _other_cursor(
-        self,
-        base: Params,
-        cursor_id: str,
-        cursor_at: datetime | None,
-        recent: _RecentIds,
-    ) -> list[Run] | None:
-        """Try the other cursor parameter after one made no progress; ``None``: neither works."""
-        other: _Cursor = "before" if self._runs_cursor == "after" else "after"
-        page = await self._runs_page(base, cursor_id, param=other)
-        if page is None or (page and not _advances(page, recent, cursor_at)):
-            return None
-        if not self._swap_logged:
-            self._swap_logged = True
-            _logger.info(
-                "GET %s cursors are swapped on this server (%s= made no progress); paging with %s=",
-                _RUNS_PATH,
-                self._runs_cursor,
-                other,
-            )
-        self._runs_cursor = other
-        return page
-
-
-def _advances(page: list[Run], recent: _RecentIds, cursor_at: datetime | None) -> bool:
-    """Whether a page moved forward: no run seen before, none older than the cursor run."""
-    for run in page:
-        if run.id in recent:
-            return False
-        if cursor_at is not None and run.created_at is not None and run.created_at < cursor_at:
-            return False
-    return True
 
 
 def _parse_step(raw: bytes) -> Step:

@@ -35,9 +35,14 @@ T = TypeVar("T")
 
 #: Runs remembered within a pass (looked up by each of their steps, then for the parent span).
 _RUN_CACHE_SIZE: Final = 4096
-#: Passes in a row that may stop on the same step's trace (HTTP 5xx after retries) before that
-#: step is reported as unreadable and skipped.
-POISON_PASSES: Final = 3
+#: Passes in a row that may stop on the same step's trace (HTTP 5xx after retries, or a 4xx
+#: other than 404) before that step is reported as unreadable and skipped. Five: a step whose
+#: every try fails on five passes (30 tries with the default retries) is broken, not unlucky
+#: (at 70% errors, one good step in 40,000 gets that far).
+POISON_PASSES: Final = 5
+#: Answers that are not one step's problem: a refused key stops every call alike (the pass
+#: stops and is tried again; nothing is skipped), and 429 asks everyone to slow down.
+_NOT_THE_RECORD: Final = frozenset({401, 403, 407, 429})
 
 
 class ApiClient(Protocol):
@@ -141,11 +146,16 @@ class StepEnricher:
                 run_lookup.set_result(known)
             else:
                 run_lookup = asyncio.ensure_future(self.run(early_run, not_after))
+        own = True  # failures of this step's own records count towards POISON_PASSES
         try:
             trace = await self._client.get_trace(step_id)
             if step is None:
                 # A step asked again (its trace was null): it may have been deleted since.
                 step = await _unless_gone(self._client.get_step(step_id))
+            # The rest is shared (metrics aside): a run or an agent Letta fails on is every
+            # step's problem, not this one's, so it never makes this step skipped.
+            own = False
+            self._poisoned.pop(step_id, None)
             metrics = None
             if trace is not None and trace.latency_ms is None:
                 metrics = await self._client.get_step_metrics(step_id)
@@ -162,9 +172,11 @@ class StepEnricher:
         except SourceHTTPError as exc:
             # Letta keeps failing on this one step (the client already retried): after a few
             # passes that stopped on it, report it and move on rather than stall forever.
+            if not own or exc.status_code in _NOT_THE_RECORD:
+                raise
             failures = self._poisoned.get(step_id, 0) + 1
             self._poisoned[step_id] = failures
-            if exc.status_code < 500 or failures < POISON_PASSES:
+            if failures < POISON_PASSES:
                 raise
             return Enriched(step=step, error=exc)
         finally:
@@ -173,7 +185,6 @@ class StepEnricher:
                     run_lookup.cancel()  # the shared load goes on for the other steps
                 elif not run_lookup.cancelled():
                     run_lookup.exception()  # seen (or raised) above
-        self._poisoned.pop(step_id, None)
         return Enriched(step=step, trace=trace, metrics=metrics, run=run, agent=agent)
 
     async def aclose(self) -> None:

@@ -101,10 +101,16 @@ class RunLookup:
         return run
 
     async def aclose(self) -> None:
-        """Stop reading the list (closes its generator)."""
-        listing, self._listing = self._listing, None
-        if listing is not None:
-            await listing.aclose()  # type: ignore[attr-defined]
+        """Stop reading the list (closes its generator).
+
+        Under the readers' lock: a lookup another task still runs (a shared run load outlives
+        the step that started it) may be inside the generator, and closing a running async
+        generator raises ``RuntimeError``.
+        """
+        async with self._lock:
+            listing, self._listing = self._listing, None
+            if listing is not None:
+                await listing.aclose()  # type: ignore[attr-defined]
 
     async def _read_list_until(self, run_id: str, not_after: datetime | None) -> Run | None:
         assert self._listing is not None
