@@ -279,7 +279,8 @@ class Worker:
         the cursor, so an export against a flaky Letta keeps going while calls succeed.
 
         Raises:
-            SourceError: Letta refused the key, or several passes in a row failed without
+            SourceError: Letta refused the key, the source's configuration is wrong (a
+                database login refused, a missing table), or several passes in a row failed without
                 moving the cursor (the message says how far the export got).
         """
         stalled = 0
@@ -291,6 +292,8 @@ class Worker:
             except (SourceError, RecordInvalidError) as exc:
                 if isinstance(exc, SourceHTTPError) and exc.status_code in _REFUSED:
                     raise
+                if getattr(exc, "configuration", False):
+                    raise  # a setting must change (the database refused the login): exit 2
                 stalled = 0 if self._state.cursor != cursor else stalled + 1
                 if stalled >= _STALLED_PASSES or self._stop.is_set():
                     total = self._total
