@@ -181,6 +181,15 @@ async def test_shards_split_the_rows_exactly(dsn: str) -> None:
     assert all(parts)
 
 
+async def test_a_runs_traces_stay_in_one_shard(dsn: str) -> None:
+    runs: list[set[str]] = []
+    for i in range(3):
+        events = found(await read_all(PostgresOptions(dsn=dsn, shard=(i, 3))))
+        runs.append({e.trace.run_id for e in events if e.trace.run_id})
+    assert sum(len(r) for r in runs) == len(set().union(*runs))  # no run in two shards
+    assert sum(1 for r in runs if r) >= 2
+
+
 async def test_the_session_is_read_only(dsn: str) -> None:
     source = PostgresSource(PostgresOptions(dsn=dsn, statement_timeout=7))
     try:

@@ -322,7 +322,12 @@ class Queries:
         if filters.shard:
             # hashtext is stable for a server version; & keeps it non-negative without abs()'s
             # overflow on the most negative int4.
-            parts.append(sql.SQL("(hashtext(t.id) & 2147483647) %% %(shards)s = %(shard)s"))
+            # By run (else trace) id: a run's traces, and so its parent span, stay in one shard.
+            parts.append(
+                sql.SQL(
+                    "(hashtext(coalesce(t.run_id, t.id)) & 2147483647) %% %(shards)s = %(shard)s"
+                )
+            )
         where = sql.SQL(" AND ").join(parts)
         traces = sql.SQL("SELECT t.created_at, t.id, false AS meta FROM provider_traces t WHERE {}")
         query = traces.format(where)

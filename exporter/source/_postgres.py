@@ -8,8 +8,9 @@ hides, and no request per trace. It is read-only by construction: the session is
 
 Order and resume: rows are read in keyset order of ``(created_at, id)`` (see
 :mod:`._pg_schema` for the queries and :mod:`._pg_position` for the overlap window that catches
-rows committed late). ``shard=(i, n)`` keeps the rows whose id hashes to ``i`` modulo ``n``, so
-``n`` processes can split one export between them.
+rows committed late). ``shard=(i, n)`` keeps the rows whose run id (the trace id when the row
+has no run) hashes to ``i`` modulo ``n``, so ``n`` processes can split one export between them
+and every run's traces, and so its parent span, stay in one of them.
 
 Driver: psycopg 3. It is typed (mypy strict without stubs), uses libpq (so ``sslmode``,
 ``.pgpass``, service files and the ``PG*`` variables work as for ``psql``), and with its C
@@ -62,7 +63,8 @@ class PostgresOptions:
         since, until: the ``created_at`` window (``since`` included, ``until`` excluded).
         agent_ids: only these agents' traces (empty: all).
         limit: stop after this many traces (``None``: no limit).
-        shard: ``(index, count)``: only the ids that hash to ``index`` modulo ``count``.
+        shard: ``(index, count)``: only the rows whose run id (else id) hashes to ``index``
+            modulo ``count``.
         key_page: keys per key query (each is one scan of the table when it has no index on
             ``created_at``: large pages keep scans few).
         batch: rows fetched with their steps, metrics, runs and agents per round trip.
