@@ -72,7 +72,7 @@ def _export(env: dict[str, str], *args: str) -> tuple[int, dict, str]:
     return proc.returncode, report, proc.stderr
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
+def _wait(predicate: Callable[[], bool], timeout: float = 120.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
