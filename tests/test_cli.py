@@ -281,7 +281,7 @@ def _start_export(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
     )
 
 
-def _wait(predicate, timeout: float = 30.0) -> bool:
+def _wait(predicate, timeout: float = 90.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

@@ -93,7 +93,7 @@ def _get(port: int, path: str) -> tuple[int, str]:
         return 0, ""
 
 
-def _wait(predicate: Callable[[], bool], timeout: float = 60.0) -> bool:
+def _wait(predicate: Callable[[], bool], timeout: float = 90.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

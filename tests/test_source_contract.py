@@ -146,7 +146,7 @@ def saved_cursor(tmp_path: Path) -> str | None:
     return next(iter(streams.values()))["cursor"] if streams else None
 
 
-async def wait_until(condition, seconds: float = 10.0) -> None:
+async def wait_until(condition, seconds: float = 30.0) -> None:
     for _ in range(int(seconds / 0.01)):
         if condition():
             return

@@ -355,7 +355,7 @@ async def test_a_position_of_another_journal_reads_from_the_start(short_dir: Pat
         assert len(events) == 1
 
 
-async def _until(condition: Any, limit: float = 10.0) -> None:
+async def _until(condition: Any, limit: float = 30.0) -> None:
     """A bounded poll of a counter the listener updates (no event to wait on)."""
     async with asyncio.timeout(limit):
         while not condition():  # noqa: ASYNC110
