@@ -38,6 +38,7 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         LETTA_EXPORTER_RETRY_BACKOFF_INITIAL_SECONDS="0.01",
         LETTA_EXPORTER_RETRY_BACKOFF_MAX_SECONDS="0.2",
         PYTHONUNBUFFERED="1",
+        LETTA_EXPORTER_HEALTH_PORT="0",  # a free port: never the default another process holds
     )
     env.update(extra)
     return env

@@ -51,6 +51,7 @@ def _env(tmp: Path, receiver: OtlpReceiver, dsn: str, **extra: str) -> dict[str,
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.grpc_endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
         PYTHONUNBUFFERED="1",
+        LETTA_EXPORTER_HEALTH_PORT="0",  # a free port: never the default another process holds
     )
     env.update(extra)
     return env

@@ -152,6 +152,7 @@ def _cli_env(tmp_path: Path, letta: FakeLetta, rx: OtlpReceiver, **extra: str) -
         LETTA_EXPORTER_METRICS="true",
         LETTA_EXPORTER_METRICS_TEMPORALITY="delta",
         LETTA_EXPORTER_METRICS_INTERVAL_SECONDS="600",
+        LETTA_EXPORTER_HEALTH_PORT="0",  # a free port: never the default another process holds
         **extra,
     )
 

@@ -821,3 +821,13 @@ def test_the_poll_slows_down_when_the_socket_is_on(monkeypatch: pytest.MonkeyPat
     )
     monkeypatch.setenv("LETTA_EXPORTER_POLL_INTERVAL_SECONDS", "20")
     assert Settings.load(socket="/run/t.sock").effective_poll_interval_seconds == 20.0
+
+
+def test_the_fields_keep_their_order() -> None:
+    # The field groups are base classes: their order decides the fields' (the README table,
+    # the example TOML and --help follow it), so a reordering must be a decision.
+    names = list(Settings.model_fields)
+    assert names[:3] == ["letta_base_url", "letta_api_key", "project_id"]
+    assert names.index("since") < names.index("socket") < names.index("database_url")
+    assert names.index("database_url") < names.index("otlp_endpoint") < names.index("metrics")
+    assert names.index("metrics") < names.index("state_path")
