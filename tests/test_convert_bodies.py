@@ -604,3 +604,14 @@ def test_int64_overflow_and_nan_in_config():
     assert a["letta.llm_config.big"] == str(2**80)
     assert a["letta.llm_config.nan"] == "nan"
     assert json.loads(a["letta.llm_config.ints"]) == [1, 2**70]
+
+
+@pytest.mark.parametrize("role", [{"a": 1}, ["user"], 5])
+def test_a_message_role_of_another_type_keeps_the_content(role: object) -> None:
+    trace = ProviderTrace(
+        request_json={"model": "gpt-4o-mini", "messages": [{"role": role, "content": "hi"}]},
+        response_json={"id": "x"},
+    )
+    span = convert_trace(trace, options=ConvertOptions(content="full"), resource=build_resource())
+    messages = json.loads(str(span.attributes["gen_ai.input.messages"]))
+    assert messages == [{"role": "unknown", "parts": [{"type": "text", "content": "hi"}]}]

@@ -28,7 +28,9 @@ def chat_message(reader: PartReader, message: Any) -> Message:
     if not isinstance(message, dict):
         return {"role": "unknown", "parts": [reader.generic(message)]}
     raw_role = message.get("role")
-    role = ROLE_MAP.get(raw_role, raw_role) if isinstance(raw_role, str) else "unknown"
+    if not isinstance(raw_role, str):
+        raw_role = None  # a role of another type (a dict, a list) is no role: never a lookup key
+    role = ROLE_MAP.get(raw_role, raw_role) if raw_role is not None else "unknown"
     if raw_role in _TOOL_RESULT_ROLES:
         call_id = message.get("tool_call_id") or message.get("name")
         parts = [reader.tool_response(call_id, message.get("content"))]
