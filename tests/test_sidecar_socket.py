@@ -280,7 +280,15 @@ def test_socket_and_api_together_deliver_nothing_twice(short_dir):
             if not _wait(lambda: _llm_ids(rx, socket_ids) == socket_ids):
                 proc.kill()
                 pytest.fail(proc.communicate()[1][-5000:])
-            # Only now does the API show the traces (the socket delivered them first).
+
+            # Only now does the API show the traces: the socket delivered and booked them first
+            # (a poll that meets a trace before the socket books it may send it too, with the
+            # same ids; that race is not what this test is about).
+            def booked() -> bool:
+                ledger = DeliveredTraces(delivered_path(short_dir / "state.json"))
+                return all(ledger.has_trace(json.loads(x)["provider_trace_id"]) for x in sent)
+
+            assert _wait(booked)
             for step_id, view in API_VIEW.items():
                 if step_id != missed_step:
                     store.set_trace(step_id, view["trace"])
