@@ -2,9 +2,9 @@
 
 Two shortcuts skip per-value work on the hot path: flattened mappings of scalars are remembered
 by content (:func:`exporter.convert._attributes._flat_key`), and a span whose strings are all
-short ASCII skips fitting them one by one (``SpanAttributes._all_plain``). Each test converts
-the same records with the shortcuts and with them switched off, and compares the attributes
-(order included) and the OTLP bytes.
+short ASCII skips fitting them one by one (:func:`exporter.convert._attributes._all_plain`).
+Each test converts the same records with the shortcuts and with them switched off, and compares
+the attributes (order included) and the OTLP bytes.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def general_path(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[bool], N
         _attributes._FLAT_CACHE.clear()
         if off:
             monkeypatch.setattr(_attributes, "_flat_key", lambda prefix, value: None)
-            monkeypatch.setattr(SpanAttributes, "_all_plain", lambda self, quarter: False)
+            monkeypatch.setattr(_attributes, "_all_plain", lambda values, quarter: False)
         else:
             monkeypatch.undo()
 
@@ -164,6 +164,6 @@ def test_random_mappings_convert_the_same(batch: list[dict[str, Any]]) -> None:
     fast = spans()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_attributes, "_flat_key", lambda prefix, value: None)
-        patch.setattr(SpanAttributes, "_all_plain", lambda self, quarter: False)
+        patch.setattr(_attributes, "_all_plain", lambda values, quarter: False)
         general = spans()
     _same(fast, general)

@@ -348,7 +348,7 @@ class SpanAttributes:
         json_keys = self._json.keys()
         redactors = self.redactors
         quarter = limit // 4
-        if not (redactors or json_keys) and self._all_plain(quarter):
+        if not (redactors or json_keys) and _all_plain(self.values, quarter):
             pass  # every string is short ASCII without "@": nothing to redact, fix or cut
         else:
             self._fit_all(truncated, limit)
@@ -359,29 +359,6 @@ class SpanAttributes:
                 truncate_text(fix_text(w), limit)[0] for w in self.warnings
             )
         return self.values
-
-    def _all_plain(self, quarter: int) -> bool:
-        """Whether every string (and string in a tuple) passes the per-value fast check below.
-
-        One check over all strings joined: the values are few and short, so joining them costs
-        less than a Python-level test of each (a span has ~80 attributes).
-        """
-        texts: list[str] = []
-        append = texts.append
-        value: Any
-        for value in self.values.values():
-            kind = type(value)
-            if kind is str:
-                append(value)
-            elif kind is tuple:
-                if value and isinstance(value[0], str):
-                    texts.extend(value)
-            elif kind is not int and kind is not bool and kind is not float:
-                return False  # a str subclass, say: the general path decides
-        if not texts:
-            return True
-        blob = "".join(texts)
-        return blob.isascii() and "@" not in blob and max(map(len, texts)) <= quarter
 
     def _fit_all(self, truncated: list[str], limit: int) -> None:
         json_keys = self._json.keys()
@@ -413,3 +390,28 @@ class SpanAttributes:
         if self.redactors:
             value = redact_text(value, self.redactors)
         return truncate_text(fix_text(value), limit)
+
+
+def _all_plain(values: Mapping[str, Any], quarter: int) -> bool:
+    """Whether every string (and string in a tuple) passes the per-value fast check of
+    :meth:`SpanAttributes._fit`.
+
+    One check over all strings joined: the values are few and short, so joining them costs
+    less than a Python-level test of each (a span has ~80 attributes).
+    """
+    texts: list[str] = []
+    append = texts.append
+    value: Any
+    for value in values.values():
+        kind = type(value)
+        if kind is str:
+            append(value)
+        elif kind is tuple:
+            if value and isinstance(value[0], str):
+                texts.extend(value)
+        elif kind is not int and kind is not bool and kind is not float:
+            return False  # a str subclass, say: the general path decides
+    if not texts:
+        return True
+    blob = "".join(texts)
+    return blob.isascii() and "@" not in blob and max(map(len, texts)) <= quarter

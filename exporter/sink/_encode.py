@@ -315,22 +315,14 @@ class SpanEncoder:
     """
 
     def __init__(self, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
-        self._cache_size = max(cache_size, 0)
-        # One dict per value type: (k, 1), (k, True) and (k, 1.0) are equal as dict keys.
-        self._text: dict[tuple[str, Any], bytes] = {}
-        self._ints: dict[tuple[str, Any], bytes] = {}
-        self._bools: dict[tuple[str, Any], bytes] = {}
-        self._tuples: dict[tuple[str, Any], bytes] = {}
-        self._floats: dict[tuple[str, Any], bytes] = {}
-        self._heads: dict[str, bytes] = {}
-        self._entries = 0
+        self._cache = _AttributeCache(cache_size)
+        self._attributes = self._cache.encode
         self.fallbacks = 0
 
     @property
     def cache_entries(self) -> int:
         """Entries in the attribute cache now (at most ``cache_size`` in single-threaded use)."""
-        caches = (self._text, self._ints, self._bools, self._tuples, self._floats, self._heads)
-        return sum(len(cache) for cache in caches)
+        return self._cache.entries
 
     def encode(self, spans: Sequence[ReadableSpan]) -> bytes:
         """The serialized request: ``encode_spans(spans).SerializeToString()``, byte for byte.
@@ -486,7 +478,28 @@ class SpanEncoder:
             )
         )
 
-    def _attributes(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
+
+class _AttributeCache:
+    """The ``KeyValue`` pieces of :class:`SpanEncoder`, cached by ``(key, value)`` (see its
+    docstring for what is cached, the one dict per value type and the bound)."""
+
+    def __init__(self, cache_size: int) -> None:
+        self._cache_size = max(cache_size, 0)
+        # One dict per value type: (k, 1), (k, True) and (k, 1.0) are equal as dict keys.
+        self._text: dict[tuple[str, Any], bytes] = {}
+        self._ints: dict[tuple[str, Any], bytes] = {}
+        self._bools: dict[tuple[str, Any], bytes] = {}
+        self._tuples: dict[tuple[str, Any], bytes] = {}
+        self._floats: dict[tuple[str, Any], bytes] = {}
+        self._heads: dict[str, bytes] = {}
+        self._entries = 0
+
+    @property
+    def entries(self) -> int:
+        caches = (self._text, self._ints, self._bools, self._tuples, self._floats, self._heads)
+        return sum(len(cache) for cache in caches)
+
+    def encode(self, tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
         """Repeated ``KeyValue`` fields with ``tag``, in the mapping's order.
 
         Each piece is a length-prefixed ``KeyValue``; ``tag.join`` puts the field tag between
