@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import click
 
@@ -42,8 +42,11 @@ from .settings import Settings
 from .shipping import ExportSummary
 from .sink import Delivery, OtlpJsonFileExporter, deliver
 from .source import LettaClient
-from .source._postgres import PostgresSource
 from .telemetry import DeadLetter, HealthServer, Metrics
+from .worker import Worker
+
+if TYPE_CHECKING:  # psycopg is imported only when the database source is used
+    from .source._postgres import PostgresSource
 
 try:
     import fcntl
@@ -494,12 +497,7 @@ async def _export(
                     runs_by_shard=False,
                     genai=genai,
                 )
-                resumed = worker.state.cursor is not None
-                try:
-                    await worker.export_window()
-                finally:
-                    result.summary = worker.total
-                result.interrupted = stop.is_set()
+                resumed = await _export_window(worker, result, stop)
                 if not result.summary.discovered and not result.interrupted:
                     result.warnings.append(
                         "nothing new since the last run of this command (it resumed from the "
@@ -543,12 +541,7 @@ async def _export(
                         dead_letter=dead_letter,
                         genai=genai,
                     )
-                    resumed = worker.state.cursor is not None
-                    try:
-                        await worker.export_window()
-                    finally:
-                        result.summary = worker.total
-                    result.interrupted = stop.is_set()
+                    resumed = await _export_window(worker, result, stop)
                     if not result.summary.discovered and not result.interrupted:
                         result.warnings.extend(await _why_nothing(settings, client, resumed))
     except Stopped:
@@ -602,6 +595,18 @@ async def _shutdown_genai(genai: GenAIMetrics | None) -> None:
     """Export what the metrics hold and stop them (off the event loop: it sends)."""
     if genai is not None:
         await asyncio.to_thread(genai.shutdown)
+
+
+async def _export_window(worker: Worker, result: _ExportResult, stop: asyncio.Event) -> bool:
+    """Run a one-shot worker, its totals into ``result`` whatever happens; whether it resumed a
+    saved cursor (so "nothing new" rather than "nothing there")."""
+    resumed = worker.state.cursor is not None
+    try:
+        await worker.export_window()
+    finally:
+        result.summary = worker.total
+    result.interrupted = stop.is_set()
+    return resumed
 
 
 async def _database_total(database: PostgresSource, settings: Settings) -> int | None:

@@ -53,7 +53,6 @@ from .source import (
     StepEnricher,
     StepFilter,
 )
-from .source._pg_dsn import mask_dsn
 from .source._transport import LeanTransport, lean_transport_applies
 from .telemetry import DeadLetter, Metrics
 from .worker import Worker, WorkerOptions
@@ -615,6 +614,7 @@ def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
     masked) and the filters, with a one-shot job's window as written (``since=30d``), so the
     same command resumes its stream; the sidecar's ignores the window.
     """
+    from .source._pg_dsn import mask_dsn
     from .source._postgres import PostgresSource
 
     options = postgres_options(settings, window=window)

@@ -200,3 +200,12 @@ def test_the_database_options_never_show_the_password() -> None:
     options = wiring.postgres_options(settings, window=True)
     assert "SECRET" not in repr(options)
     assert "SECRET" not in repr(wiring.postgres_source(settings, window=False).target)
+
+
+def test_the_database_driver_is_imported_only_when_the_database_source_is_used() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, exporter.commands, exporter.wiring; print('psycopg' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
