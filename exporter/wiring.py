@@ -344,18 +344,13 @@ def build_worker(
         genai=genai,
     )
     checkpoint = (_UnsavedCheckpoint if dry_run else Checkpoint)(settings.state_path)
-    key = stream(settings, window=one_shot)
     options = worker_options(settings, one_shot=one_shot)
-    source = ApiSource(
+    source = _api_source(
+        settings,
         client,
-        state=checkpoint.stream(key),
-        stream=key,
-        filt=step_filter(settings, until_now=one_shot),
+        checkpoint,
+        one_shot=one_shot,
         stop=stop,
-        shard=options.shard,
-        concurrency=options.concurrency,
-        trace_settle_seconds=options.trace_settle_seconds,
-        limit=options.limit,
         poll_seconds=settings.poll_interval_seconds,
         clock=clock,
     )
@@ -372,6 +367,34 @@ def build_worker(
         runs=source.lookups,
         run_idle_seconds=None,  # Letta says when a run is over
         on_progress=on_progress,
+        clock=clock,
+    )
+
+
+def _api_source(
+    settings: Settings,
+    client: LettaClient,
+    checkpoint: Checkpoint,
+    *,
+    one_shot: bool,
+    stop: asyncio.Event,
+    poll_seconds: float,
+    clock: Callable[[], float],
+) -> ApiSource:
+    """The Letta API as a source, on its checkpoint stream (the one-shot job's keyed on its
+    window, and with its limit)."""
+    key = stream(settings, window=one_shot)
+    return ApiSource(
+        client,
+        state=checkpoint.stream(key),
+        stream=key,
+        filt=step_filter(settings, until_now=one_shot),
+        stop=stop,
+        shard=settings.shard_spec,
+        concurrency=settings.concurrency,
+        trace_settle_seconds=settings.trace_settle_seconds,
+        limit=settings.limit if one_shot else None,
+        poll_seconds=poll_seconds,
         clock=clock,
     )
 
@@ -514,18 +537,8 @@ def socket_sidecar(
     seen = delivered
     poll = reconcile_poll_seconds(settings)
     checkpoint = Checkpoint(settings.state_path)
-    key = stream(settings, window=False)
-    api = ApiSource(
-        client,
-        state=checkpoint.stream(key),
-        stream=key,
-        filt=step_filter(settings, until_now=False),
-        stop=stop,
-        shard=settings.shard_spec,
-        concurrency=settings.concurrency,
-        trace_settle_seconds=settings.trace_settle_seconds,
-        poll_seconds=poll,
-        clock=clock,
+    api = _api_source(
+        settings, client, checkpoint, one_shot=False, stop=stop, poll_seconds=poll, clock=clock
     )
     worker = Worker(
         source=SkipDelivered(api, seen),
