@@ -1,13 +1,15 @@
 """Cutting a batch of spans so each request fits the collector: under ``max_bytes`` before it
 is sent, and in halves when the collector still says it is too large.
 
-The size is first bounded without encoding (most batches are far under the limit), and only a
-batch over that bound is encoded to be measured.
+With a sink that sends OTLP requests the batch is encoded once, here, and those bytes are what
+is sent: measuring costs nothing more. With any other sink the size is first bounded without
+encoding (most batches are far under the limit), and only a batch over that bound is encoded
+to be measured.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from opentelemetry.sdk.trace import ReadableSpan
@@ -18,6 +20,12 @@ __all__ = ["BatchSplitter", "Part", "halves"]
 
 #: A part of a batch: its spans and the ids of the records in it.
 Part = tuple[list[ReadableSpan], list[str]]
+
+#: A part ready to send: its spans, ids and, when the sink sends OTLP requests, that request.
+EncodedPart = tuple[list[ReadableSpan], list[str], bytes | None]
+
+#: The request a sink would send for some spans, or None (see ``DeliveringExporter``).
+RequestEncoder = Callable[[Sequence[ReadableSpan]], bytes | None]
 
 #: Bytes of protobuf framing a span, an attribute or an event can take beyond its own text.
 _SPAN_FRAMING: Final = 160
@@ -30,12 +38,30 @@ class BatchSplitter:
     Args:
         max_bytes: the encoded request size a batch is cut under.
         dry_run: nothing is sent, so nothing is cut.
+        request: the sink's own request encoder (``DeliveringExporter.request_bytes``); None
+            for a sink that sends something else.
     """
 
-    def __init__(self, *, max_bytes: int | None, dry_run: bool) -> None:
+    def __init__(
+        self, *, max_bytes: int | None, dry_run: bool, request: RequestEncoder | None = None
+    ) -> None:
         self._max_bytes = max_bytes
         self._dry_run = dry_run
+        self._request = request
         self._encoder = SpanEncoder()
+
+    def encoded_parts(self, spans: list[ReadableSpan], ids: list[str]) -> list[EncodedPart]:
+        """The batch in parts under ``max_bytes``, each with the request to send when the sink
+        encodes one (so it is encoded once); CPU work: the shipper runs it in a thread."""
+        if self._dry_run:
+            return [(spans, ids, None)]
+        body = self._request(spans) if self._request is not None else None
+        if body is None:
+            return [(s, i, None) for s, i in self.under_max_bytes(spans, ids)]
+        if self._max_bytes is None or len(spans) < 2 or len(body) <= self._max_bytes:
+            return [(spans, ids, body)]
+        (left, left_ids), (right, right_ids) = halves(spans, ids)
+        return self.encoded_parts(left, left_ids) + self.encoded_parts(right, right_ids)
 
     def under_max_bytes(self, spans: list[ReadableSpan], ids: list[str]) -> list[Part]:
         """The batch cut in halves until each encoded request is under ``max_bytes``."""

@@ -20,7 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from ._ratelimit import RateLimitedLog
 from ._retry import Jitter, backoff_delay
 from .errors import DeliveryBlockedError, Stopped, UndeliveredError
-from .sink import Delivery, deliver
+from .sink import DeliveringExporter, Delivery, deliver
 from .telemetry import Metrics
 
 __all__ = ["CollectorSender"]
@@ -87,8 +87,12 @@ class CollectorSender:
         spans: Sequence[ReadableSpan],
         ids: Sequence[str],
         on_wait: Callable[[], None] | None,
+        *,
+        body: bytes | None = None,
     ) -> Delivery:
         """The collector's last answer: accepted, or refused in a way a retry cannot fix.
+
+        ``body`` is the request already encoded for these spans (sent as it is), or None.
 
         Raises:
             Stopped: shutdown was requested during a wait.
@@ -101,7 +105,7 @@ class CollectorSender:
         attempt = 0
         refused = 0
         while True:
-            delivery = await asyncio.to_thread(deliver, self._exporter, spans)
+            delivery = await asyncio.to_thread(self._deliver, spans, body)
             if delivery.delivered:
                 self._unblock()
             if not _retryable(delivery):
@@ -142,6 +146,12 @@ class CollectorSender:
             if self._stop.is_set():
                 raise Stopped
             attempt += 1
+
+    def _deliver(self, spans: Sequence[ReadableSpan], body: bytes | None) -> Delivery:
+        exporter = self._exporter
+        if body is not None and isinstance(exporter, DeliveringExporter):
+            return exporter.deliver_request(body, span_count=len(spans))
+        return deliver(exporter, spans)
 
     def _block(self, reason: str) -> None:
         """Delivery stops on a configuration failure: said once per interval, readiness off."""

@@ -34,7 +34,7 @@ import json
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final
 
@@ -118,7 +118,7 @@ class StreamState:
                     "last_end_ns": v.last_end_ns,
                     "step_ids": v.step_ids,
                     "last_step_id": v.last_step_id,
-                    "summary": None if v.summary is None else asdict(v.summary),
+                    "summary": None if v.summary is None else _summary_to_json(v.summary),
                 }
                 for k, v in self.open_runs.items()
             },
@@ -161,6 +161,12 @@ _SUMMARY_FIELDS: Final = {
     f.name: (_JSON_TYPES[str(f.type).split(" | ")[0]], "None" in str(f.type))
     for f in fields(RunSummary)
 }
+
+
+def _summary_to_json(summary: RunSummary) -> dict[str, Any]:
+    """The summary's fields as a JSON object (``dataclasses.asdict`` deep-copies each value,
+    a cost the state file paid for every open run at every save)."""
+    return {name: getattr(summary, name) for name in _SUMMARY_FIELDS}
 
 
 def _summary_from_json(data: Any) -> RunSummary | None:

@@ -42,6 +42,7 @@ from ._collector_send import CollectorSender
 from ._outcomes import Outcomes
 from ._retry import Jitter
 from .errors import Stopped, UndeliveredError
+from .sink import DeliveringExporter
 from .summary import MAX_NAMED_FAILURES, ExportSummary
 from .telemetry import DeadLetter, Metrics
 
@@ -116,7 +117,11 @@ class Shipper:
         self._dry_run = dry_run
         self._sleep = sleep
         self._on_delivered = on_delivered
-        self._splitter = BatchSplitter(max_bytes=max_bytes, dry_run=dry_run)
+        self._splitter = BatchSplitter(
+            max_bytes=max_bytes,
+            dry_run=dry_run,
+            request=exporter.request_bytes if isinstance(exporter, DeliveringExporter) else None,
+        )
         self._outcomes = Outcomes(metrics=metrics, dead_letter=dead_letter)
         self._sender = CollectorSender(
             exporter=exporter,
@@ -163,9 +168,12 @@ class Shipper:
         """
         if not spans:
             return True
-        parts = self._splitter.under_max_bytes(list(spans), list(ids))
+        parts = await asyncio.to_thread(self._splitter.encoded_parts, list(spans), list(ids))
         accepted: list[list[ReadableSpan]] = []
-        results = [await self._ship_part(p, i, summary, kind, on_wait, accepted) for p, i in parts]
+        results = [
+            await self._ship_part(p, i, summary, kind, on_wait, accepted, body)
+            for p, i, body in parts
+        ]
         if accepted:
             if on_accepted is not None:
                 await on_accepted()
@@ -182,8 +190,9 @@ class Shipper:
         kind: str,
         on_wait: Callable[[], None] | None,
         accepted: list[list[ReadableSpan]],
+        body: bytes | None = None,
     ) -> bool:
-        delivery = await self._sender.send(spans, ids, on_wait)
+        delivery = await self._sender.send(spans, ids, on_wait, body=body)
         sent = len(spans)
         if not delivery.delivered and delivery.kind == "too_large":
             if sent > 1:

@@ -300,6 +300,10 @@ class OtlpGrpcExporter(DeliveringExporter):
         """The channel's compression."""
         return self._compression
 
+    def request_bytes(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """The ``ExportTraceServiceRequest`` for ``spans``, as :meth:`_deliver` sends it."""
+        return self._encoder.encode(spans)
+
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
         return self._deliver_request(self._encoder.encode(spans))
 

@@ -178,6 +178,10 @@ class OtlpHttpExporter(DeliveringExporter):
         """Whether the endpoint is ``https``."""
         return self._secure
 
+    def request_bytes(self, spans: Sequence[ReadableSpan]) -> bytes:
+        """The ``ExportTraceServiceRequest`` for ``spans``, as :meth:`_deliver` sends it."""
+        return self._encoder.encode(spans)
+
     def _deliver(self, spans: Sequence[ReadableSpan]) -> Delivery:
         return self._deliver_request(self._encoder.encode(spans))
 
