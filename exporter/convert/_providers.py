@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -89,6 +90,13 @@ def parse_endpoint(url: str | None) -> Endpoint | None:
     """
     if not isinstance(url, str) or not url.strip():
         return None
+    return _parse_endpoint(url)
+
+
+@lru_cache(maxsize=256)
+def _parse_endpoint(url: str) -> Endpoint | None:
+    """:func:`parse_endpoint` of a str, remembered: an agent sends every call to one endpoint,
+    and ``urlsplit`` with its checks cost more than the rest of the provider's attributes."""
     text = url.strip()
     if "://" not in text:
         text = f"//{text}"
