@@ -507,6 +507,72 @@ async def test_rows_become_records_one_event_at_a_time(
     assert len(taken) == 53
 
 
+async def test_the_next_batch_is_read_while_this_one_is_taken(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The database works on the next batch while this one is converted: its queries go out
+    # before this batch's last event is taken, and the events are the same, in the same order.
+    from exporter.source._pg_reader import PgReader
+
+    everything = [e.trace.id for e in found(await read_all(PostgresOptions(dsn=dsn)))]
+    taken: list[str] = []
+    started_at: list[int] = []
+    real = PgReader._read_rows
+
+    async def recording(self, conn, queries, keys):  # type: ignore[no-untyped-def]
+        started_at.append(len(taken))
+        return await real(self, conn, queries, keys)
+
+    monkeypatch.setattr(PgReader, "_read_rows", recording)
+    source = PostgresSource(PostgresOptions(dsn=dsn, batch=40))
+    try:
+        async for event in source.read(resume=None, follow=False):
+            if isinstance(event, Found):
+                taken.append(event.trace.id)
+    finally:
+        await source.aclose()
+    assert taken == everything
+    assert len(started_at) == 2
+    assert started_at[1] < 40  # the second batch was asked for while the first was taken
+
+
+async def test_stopping_mid_batch_ends_the_read_ahead(dsn: str) -> None:
+    # A consumer that stops with the next batch in flight leaves no query running and no
+    # stray task error; the same source reads again from the start.
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    troubles: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: troubles.append(context))
+    source = PostgresSource(PostgresOptions(dsn=dsn, batch=40))
+    try:
+        events = source.read(resume=None, follow=False)
+        taken = 0
+        async for event in events:
+            taken += isinstance(event, Found)
+            if taken == 35:  # past the turn that sent the next batch's queries
+                break
+        await events.aclose()
+        again = found([e async for e in source.read(resume=None, follow=False)])
+    finally:
+        await source.aclose()
+        loop.set_exception_handler(None)
+    assert len(again) == 53
+    assert troubles == []
+
+
+async def test_a_batch_keeps_its_agents_when_the_next_read_empties_the_cache(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from exporter.source import _pg_reader
+
+    monkeypatch.setattr(_pg_reader, "_AGENT_CACHE_MAX", 1)  # every batch's load empties it
+    events = found(await read_all(PostgresOptions(dsn=dsn, batch=40)))
+    with_agent = [e for e in events if e.trace.agent_id]
+    assert with_agent
+    assert all(e.agent is not None and e.agent.id == e.trace.agent_id for e in with_agent)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     st.one_of(

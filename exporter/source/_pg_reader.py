@@ -10,8 +10,10 @@ event, and an overlap window behind the database's clock is read again for rows 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 
@@ -31,6 +33,8 @@ __all__ = ["ParseRow", "PgReader"]
 _logger = logging.getLogger(__name__)
 
 _AGENT_CACHE_MAX: Final = 10_000
+#: Events taken between two event-loop turns while the next batch is being read.
+_TURN_EVERY: Final = 32
 
 
 class ParseRow(Protocol):
@@ -42,6 +46,33 @@ class ParseRow(Protocol):
 
 
 _Key = tuple[datetime, str, bool]  # created_at, id, metadata-only
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """One batch's rows by id (with whether they carry bodies), its runs and its agents."""
+
+    rows: dict[str, tuple[tuple[Any, ...], bool]]
+    runs: dict[str, Run]
+    agents: dict[str, Agent]
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Marks a read-ahead's failure as seen: when nobody awaits it any more (the read was
+    stopped, the session closed), the error is the stop's consequence, not news."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _chunks(keys: list[_Key], size: int, limit: int | None) -> list[Sequence[_Key]]:
+    """A key page in batches of ``size``, as many as a ``limit`` needs (the last one whole:
+    the limit stops inside it, at an event)."""
+    chunks: list[Sequence[_Key]] = []
+    for start in range(0, len(keys), size):
+        if limit is not None and start >= limit:
+            break
+        chunks.append(keys[start : start + size])
+    return chunks
 
 
 class PgReader:
@@ -84,14 +115,18 @@ class PgReader:
         while True:
             try:
                 conn, queries = await connection.open()
-                async for event in self._read_keys(conn, queries, cursor, overlap, remaining):
-                    if isinstance(event, Found) and remaining is not None:
-                        remaining -= 1
-                    yield event
-                    if remaining is not None and remaining <= 0:
-                        # The cursor has moved past the whole batch; the limit stopped inside it.
-                        yield CaughtUp(event.position)
-                        return
+                async with contextlib.aclosing(
+                    self._read_keys(conn, queries, cursor, overlap, remaining)
+                ) as events:
+                    async for event in events:
+                        if isinstance(event, Found) and remaining is not None:
+                            remaining -= 1
+                        yield event
+                        if remaining is not None and remaining <= 0:
+                            # The cursor has moved past the whole batch; the limit stopped
+                            # inside it.
+                            yield CaughtUp(event.position)
+                            return
             except psycopg.Error as exc:
                 raise await connection.read_error(exc) from None
             yield CaughtUp(cursor.encode())
@@ -101,8 +136,13 @@ class PgReader:
 
     async def _read_keys(
         self, conn: Conn, queries: Queries, cursor: Cursor, overlap: timedelta, limit: int | None
-    ) -> AsyncIterator[Event]:
-        """Key pages until one comes back short: everything committed so far, once."""
+    ) -> AsyncGenerator[Event, None]:
+        """Key pages until one comes back short: everything committed so far, once.
+
+        The batches of a page are read one ahead: while one batch's rows become events, the
+        next batch's queries are in flight, so the database works on them (in its own process)
+        while this one converts, instead of each waiting for the other.
+        """
         options = self._options
         page = options.key_page
         while True:
@@ -117,33 +157,57 @@ class PgReader:
                 query_params(options, cursor, horizon, want),
             )
             keys: list[_Key] = await cur.fetchall()
-            batch = options.batch
-            for start in range(0, len(keys), batch):
-                chunk = keys[start : start + batch]
-                for event in await self._read_rows(conn, queries, chunk, cursor, horizon):
+            chunks = _chunks(keys, options.batch, limit)
+            if limit is not None:
+                limit -= sum(map(len, chunks))
+            async with contextlib.aclosing(
+                self._read_chunks(conn, queries, chunks, cursor, horizon)
+            ) as events:
+                async for event in events:
                     yield event
-                if limit is not None:
-                    limit -= len(chunk)
-                    if limit <= 0:
-                        return
-            if len(keys) < want:
+            if (limit is not None and limit <= 0) or len(keys) < want:
                 return
 
-    async def _read_rows(
+    async def _read_chunks(
         self,
         conn: Conn,
         queries: Queries,
-        keys: Sequence[_Key],
+        chunks: list[Sequence[_Key]],
         cursor: Cursor,
         horizon: datetime,
-    ) -> Iterator[Event]:
-        """One batch of keys as events, in key order (rows deleted meanwhile are passed over).
+    ) -> AsyncGenerator[Event, None]:
+        """The events of ``chunks`` in order, the next chunk read while this one is taken."""
+        if not chunks:
+            return
+        ahead: asyncio.Task[_Batch] | None = None
+        try:
+            batch = await self._read_rows(conn, queries, chunks[0])
+            for index, chunk in enumerate(chunks):
+                if index + 1 < len(chunks):
+                    ahead = asyncio.ensure_future(self._read_rows(conn, queries, chunks[index + 1]))
+                for taken, event in enumerate(self._events(chunk, batch, cursor, horizon), 1):
+                    yield event
+                    if ahead is not None and taken % _TURN_EVERY == 0:
+                        # An event-loop turn: the driver reads what the server has sent of the
+                        # next batch, so the server is never left waiting on a full socket.
+                        await asyncio.sleep(0)
+                if ahead is not None:
+                    batch, ahead = await ahead, None
+        finally:
+            if ahead is not None:
+                # Stopped (a limit, shutdown, an error downstream) with a read in flight: end
+                # it before the session is used again or closed.
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, psycopg.Error):
+                    await ahead
 
-        The queries run here; the rows become records only as the caller takes each event, so
+    async def _read_rows(self, conn: Conn, queries: Queries, keys: Sequence[_Key]) -> _Batch:
+        """One batch of keys: its rows (with steps and metrics), their runs and agents.
+
+        The rows become records only as the caller takes each event (:meth:`_events`), so
         one trace's parsed bodies are alive at a time, not a whole batch's: the garbage
         collector then never walks hundreds of 20 KB bodies (it cost a third of the source's
-        CPU). A plain generator, not an async one: one coroutine frame fewer to resume per
-        event.
+        CPU).
         """
         full = [k[1] for k in keys if not k[2]]
         meta = [k[1] for k in keys if k[2]]
@@ -167,26 +231,33 @@ class PgReader:
 
         run_ids: set[str] = set()
         agent_ids: set[str] = set()
-        known = self._agents
         for row, _bodies in rows.values():
             run_id, agent_id = row_ids(row)
             if run_id:
                 run_ids.add(run_id)
-            if agent_id and agent_id not in known:
+            if agent_id:
                 agent_ids.add(agent_id)
         runs = await self._runs(conn, queries, run_ids)
-        await self._load_agents(conn, queries, agent_ids)
-        return self._events(keys, rows, runs, cursor, horizon)
+        known = self._agents
+        missing = agent_ids - known.keys()
+        if missing and len(known) + len(missing) > _AGENT_CACHE_MAX:
+            known.clear()  # bounded; this batch's agents are all read again below
+            missing = agent_ids
+        await self._load_agents(conn, queries, missing)
+        # The batch's own agents: the next batch's read may empty the cache meanwhile.
+        agents = {a: known[a] for a in agent_ids if a in known}
+        return _Batch(rows, runs, agents)
 
     def _events(
         self,
         keys: Sequence[_Key],
-        rows: dict[str, tuple[tuple[Any, ...], bool]],
-        runs: dict[str, Run],
+        batch: _Batch,
         cursor: Cursor,
         horizon: datetime,
     ) -> Iterator[Event]:
-        agents = self._agents
+        """A plain generator, not an async one: one coroutine frame fewer to resume per
+        event (rows deleted between the key page and the read are passed over)."""
+        rows, runs, agents = batch.rows, batch.runs, batch.agents
         origin = self._origin
         parse = self._parse
         for created_at, record_id, _meta in keys:
@@ -234,8 +305,6 @@ class PgReader:
     async def _load_agents(self, conn: Conn, queries: Queries, ids: set[str]) -> None:
         if not ids:
             return
-        if len(self._agents) + len(ids) > _AGENT_CACHE_MAX:
-            self._agents.clear()
         cur = await conn.execute(queries.agents, {"ids": list(ids)})
         for row in await cur.fetchall():
             try:
