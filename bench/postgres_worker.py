@@ -1,6 +1,7 @@
 """Benchmark of ``export --source postgres`` as users run it: the CLI, the worker, OTLP gRPC.
 
     .venv/bin/python -m bench.postgres_worker --traces 20000 --workers 1 2
+    .venv/bin/python -m bench.postgres_worker --traces 100000 --reuse letta_bench_100k
 
 Where :mod:`bench.postgres` measures the source's read, conversion and encoding in a loop of its
 own, this runs the whole command in a subprocess (``letta-otel-exporter export --source
@@ -73,28 +74,45 @@ def run_export(dsn: str, endpoint: str, workers: int) -> dict[str, Any]:
     }
 
 
+def _rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        have = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'provider_traces'"
+        ).fetchone()
+        if not have or not have[0]:
+            return 0
+        row = conn.execute("SELECT count(*) FROM provider_traces").fetchone()
+    return int(row[0]) if row else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=20_000)
     parser.add_argument("--size", default="20kb")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--json", help="write the figures here")
+    parser.add_argument(
+        "--reuse", help="database name to keep (made once with --traces rows, then reused)"
+    )
     args = parser.parse_args(argv)
 
     admin = admin_dsn()
-    name = f"letta_bench_{secrets.token_hex(4)}"
+    name = args.reuse or f"letta_bench_{secrets.token_hex(4)}"
     dsn = with_dbname(admin, name)
     with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if not exists:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     results = []
     try:
-        load_dump(dsn)
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute("DELETE FROM provider_traces")  # only the synthetic rows
-        generate(dsn, args.traces, args.size)
-        with psycopg.connect(dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM provider_traces").fetchone()
-        rows = int(row[0]) if row else 0
+        rows = _rows(dsn) if exists else 0
+        if rows != args.traces:
+            if not exists:
+                load_dump(dsn)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute("DELETE FROM provider_traces")  # only the synthetic rows
+            generate(dsn, args.traces, args.size)
+            rows = _rows(dsn)
         for workers in args.workers:
             with ReceiverProcess(workers=4) as receiver:
                 figures = run_export(dsn, receiver.endpoint("grpc"), workers)
@@ -115,10 +133,11 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
+        if not args.reuse:
+            with psycopg.connect(admin, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
