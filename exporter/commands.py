@@ -321,7 +321,7 @@ async def _sidecar_plan(
 
     dead_letter = DeadLetter(settings.dead_letter_path)
     if settings.source == "postgres":
-        source = wiring.postgres_run_source(settings)
+        source = wiring.postgres_run_source(settings, stop=stop)
         stack.push_async_callback(source.aclose)
         worker = wiring.source_worker(
             settings,

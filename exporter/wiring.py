@@ -428,6 +428,7 @@ def source_worker(
     after_delivery: Callable[[Batch, StreamState], Awaitable[None]] | None = None,
     owns_run: Callable[[str], bool] | None = None,
     runs_by_shard: bool = True,
+    drain_on_stop: bool = False,
     clock: Callable[[], float] = time.time,
     genai: GenAIMetrics | None = None,
 ) -> Worker:
@@ -440,7 +441,7 @@ def source_worker(
     shard a run hashes to may see none of its traces; a run split between shards then gets its
     parent span from each (the same span id: a backend keeps one) rather than from none.
     """
-    options = worker_options(settings, one_shot=one_shot)
+    options = replace(worker_options(settings, one_shot=one_shot), drain_on_stop=drain_on_stop)
     if not runs_by_shard:
         options = replace(options, shard=None)
     shipper = build_shipper(
@@ -525,6 +526,7 @@ def socket_sidecar(
                 run_idle_seconds=SOCKET_RUN_IDLE_SECONDS,
                 on_accepted=delivery.accepted,
                 after_delivery=delivery,
+                drain_on_stop=True,
                 clock=clock,
                 genai=genai,
             ),
@@ -620,7 +622,9 @@ def postgres_options(settings: Settings, *, window: bool) -> PostgresOptions:
     )
 
 
-def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
+def postgres_source(
+    settings: Settings, *, window: bool, stop: asyncio.Event | None = None
+) -> PostgresSource:
     """The database source (``source=postgres``); see :func:`postgres_options`.
 
     Its checkpoint stream is keyed like the API's (:func:`stream`): the database (password
@@ -643,12 +647,12 @@ def postgres_source(settings: Settings, *, window: bool) -> PostgresSource:
         parts["until"] = settings.until_spec or (
             settings.until.isoformat() if settings.until else None
         )
-    return PostgresSource(replace(options, stream=f"postgres:{stream_key(**parts)}"))
+    return PostgresSource(replace(options, stream=f"postgres:{stream_key(**parts)}"), stop=stop)
 
 
-def postgres_run_source(settings: Settings) -> PostgresSource:
-    """The database source of ``run --source postgres`` (follows new rows)."""
-    return postgres_source(settings, window=False)
+def postgres_run_source(settings: Settings, *, stop: asyncio.Event) -> PostgresSource:
+    """The database source of ``run --source postgres`` (follows new rows until ``stop``)."""
+    return postgres_source(settings, window=False, stop=stop)
 
 
 def genai_metrics(settings: Settings, resource: Resource) -> GenAIMetrics | None:

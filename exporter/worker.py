@@ -24,9 +24,10 @@ the sidecar's loop and one pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from opentelemetry.sdk.resources import Resource
@@ -65,6 +66,9 @@ class WorkerOptions:
     trace_settle_seconds: float = 300.0
     limit: int | None = None
     shard: tuple[int, int] | None = None
+    #: On shutdown, read the source to its end rather than stop after the event in hand: for
+    #: a socket journal, which the sidecar's drain ends once what it holds is read.
+    drain_on_stop: bool = False
 
 
 class Worker:
@@ -209,10 +213,18 @@ class Worker:
         self._tracker.new_pass()
         batch = Batch()
         try:
-            async for event in self._source.read(resume=self._state.cursor, follow=False):
-                if isinstance(event, CaughtUp):
-                    break
-                batch = await self._take(event, batch, summary)
+            async with _reading(
+                self._source.read(resume=self._state.cursor, follow=False)
+            ) as events:
+                async for event in events:
+                    if isinstance(event, CaughtUp):
+                        break
+                    batch = await self._take(event, batch, summary)
+                    if self._stop.is_set() and not self._options.drain_on_stop:
+                        # Shutdown mid-backlog: deliver what was read, save, and stop; the
+                        # next run resumes right after it.
+                        await self._delivery.ship(batch, summary)
+                        raise Stopped
             await self._delivery.end_pass(batch, summary, final=final)
         except (SourceError, RecordInvalidError):
             await self._delivery.salvage(batch, summary)
@@ -234,19 +246,24 @@ class Worker:
             self._tracker.new_pass()
             batch = Batch()
             try:
-                async for event in self._source.read(resume=self._state.cursor, follow=True):
-                    if not isinstance(event, CaughtUp):
-                        batch = await self._take(event, batch, summary)
-                        continue
-                    ended, held = summary, batch
-                    summary, batch = ExportSummary(), Batch()
-                    try:
-                        await self._delivery.end_pass(held, ended, final=False)
-                    finally:
-                        self._count_pass(ended)
-                    self._passed()
-                    self._tracker.new_pass()
-                    self.last_error = None
+                async with _reading(
+                    self._source.read(resume=self._state.cursor, follow=True)
+                ) as events:
+                    async for event in events:
+                        if not isinstance(event, CaughtUp):
+                            batch = await self._take(event, batch, summary)
+                            if self._stop.is_set() and not self._options.drain_on_stop:
+                                break  # shutdown mid-backlog: what was read is shipped below
+                            continue
+                        ended, held = summary, batch
+                        summary, batch = ExportSummary(), Batch()
+                        try:
+                            await self._delivery.end_pass(held, ended, final=False)
+                        finally:
+                            self._count_pass(ended)
+                        self._passed()
+                        self._tracker.new_pass()
+                        self.last_error = None
                 # The source ended (stopped, or nothing more to follow): ship what it left.
                 await self._delivery.end_pass(batch, summary, final=False)
             except Stopped:
@@ -314,3 +331,16 @@ class Worker:
 
     async def _sleep(self, seconds: float) -> None:
         await wait_or_stop(self._stop, seconds)
+
+
+@contextlib.asynccontextmanager
+async def _reading(events: AsyncIterator[Event]) -> AsyncIterator[AsyncIterator[Event]]:
+    """A source's read, closed when the loop over it ends (a stop, a failure): the source's
+    own clean-up (a query in flight, a file) runs then, not whenever the generator is
+    collected."""
+    try:
+        yield events
+    finally:
+        close = getattr(events, "aclose", None)
+        if close is not None:
+            await close()

@@ -200,6 +200,61 @@ def test_kill_9_in_the_middle_then_restart_loses_nothing(dsn, tmp_path):
         assert rx.duplicate_count <= 5
 
 
+@pytest.mark.parametrize("command", ["export", "run"])
+def test_sigterm_mid_backlog_stops_after_the_batch_in_hand_and_the_next_run_resumes(
+    dsn, tmp_path, command
+):
+    # A backlog is not finished first: the batch in hand is delivered, the checkpoint saved,
+    # and the process ends with the rest left for the next run, which loses and repeats none.
+    rows = _rows(dsn)
+    expected = {f"{span_id_for(row_id):016x}" for row_id, _, _ in rows}
+    with OtlpReceiver() as rx:
+        env = _env(tmp_path, rx, dsn, LETTA_EXPORTER_BATCH_SIZE="5")
+        rx.set_delay(0.3)  # 11 requests: a few seconds for the whole table
+        args = ["--source", "postgres"] + (["--json"] if command == "export" else [])
+        proc = subprocess.Popen(
+            [*CLI, command, *args],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert _wait(lambda: len(_llm(rx, expected)) >= 5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "did not finish within" not in err  # it ended on its own, not by the timeout
+        assert rx.wait_idle(10)
+        first = _llm(rx, expected)
+        assert 5 <= len(first) < len(expected)
+        if command == "export":
+            report = json.loads(out)
+            assert report["interrupted"] is True
+            assert report["exported"] == len(first)
+        state = json.loads((tmp_path / "state.json").read_text())
+        assert state["streams"]  # the delivered part is checkpointed
+
+        rx.set_delay(0)
+        if command == "export":
+            code, report, err = _export(env)
+            assert code == 0, err
+            assert report["exported"] == len(expected) - len(first)
+        else:  # the sidecar's own stream: the next start resumes it
+            proc = subprocess.Popen(
+                [*CLI, command, *args], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
+            )
+            try:
+                assert _wait(lambda: _llm(rx, expected) == expected)
+            finally:
+                proc.send_signal(signal.SIGTERM)  # caught up: it waits for new rows
+                _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert "did not finish within" not in err  # the wait ended on the signal
+        assert _llm(rx, expected) == expected
+        assert rx.duplicate_count == 0
+
+
 def test_run_follows_the_table_for_new_rows(dsn, tmp_path):
     rows = _rows(dsn)
     expected = {f"{span_id_for(row_id):016x}" for row_id, _, _ in rows}

@@ -84,11 +84,19 @@ class PgReader:
         origin: the source's name, carried by every ``Found``.
         parse: one row to its trace, step and metrics; the source passes the row reader it
             names, so what it reads rows with is decided in one place.
+        stop: ends a following read's wait for new rows when set (shutdown).
     """
 
     def __init__(
-        self, options: PostgresOptions, connection: PgConnection, *, origin: str, parse: ParseRow
+        self,
+        options: PostgresOptions,
+        connection: PgConnection,
+        *,
+        origin: str,
+        parse: ParseRow,
+        stop: asyncio.Event | None = None,
     ) -> None:
+        self._stop = stop
         self._options = options
         self._connection = connection
         self._origin = origin
@@ -130,9 +138,15 @@ class PgReader:
             except psycopg.Error as exc:
                 raise await connection.read_error(exc) from None
             yield CaughtUp(cursor.encode())
-            if not follow:
+            if not follow or (self._stop is not None and self._stop.is_set()):
                 return
-            await asyncio.sleep(self._options.poll_interval)
+            if self._stop is None:
+                await asyncio.sleep(self._options.poll_interval)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self._options.poll_interval)
+            if self._stop.is_set():
+                return
 
     async def _read_keys(
         self, conn: Conn, queries: Queries, cursor: Cursor, overlap: timedelta, limit: int | None

@@ -25,6 +25,7 @@ its errors), :mod:`._pg_reader` (the paged read) and :mod:`._pg_check` (``check`
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 
@@ -44,7 +45,9 @@ class PostgresSource:
 
     name = "postgres"
 
-    def __init__(self, options: PostgresOptions) -> None:
+    def __init__(self, options: PostgresOptions, *, stop: asyncio.Event | None = None) -> None:
+        """``stop``: when set, a following read ends its wait for new rows at once (the
+        sidecar's shutdown), rather than at the next poll."""
         if options.shard is not None:
             index, count = options.shard
             if not 0 <= index < count:
@@ -55,7 +58,9 @@ class PostgresSource:
             statement_timeout=options.statement_timeout,
             connect_timeout=options.connect_timeout,
         )
-        self._reader = PgReader(options, self._connection, origin=self.name, parse=trace_from_row)
+        self._reader = PgReader(
+            options, self._connection, origin=self.name, parse=trace_from_row, stop=stop
+        )
 
     @property
     def target(self) -> str:
