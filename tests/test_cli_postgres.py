@@ -82,6 +82,18 @@ def _wait(predicate: Callable[[], bool], timeout: float = 120.0) -> bool:
     return False
 
 
+def _start(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+    """The CLI in the background, its output piped."""
+    return subprocess.Popen(
+        [*CLI, *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 def _llm(receiver: OtlpReceiver, wanted: set[str]) -> set[str]:
     return {sid for _, sid in receiver.span_ids() if sid in wanted}
 
@@ -177,14 +189,7 @@ def test_kill_9_in_the_middle_then_restart_loses_nothing(dsn, tmp_path):
     with OtlpReceiver() as rx:
         env = _env(tmp_path, rx, dsn, LETTA_EXPORTER_BATCH_SIZE="5")
         rx.set_delay(0.2)
-        proc = subprocess.Popen(
-            [*CLI, "export", "--source", "postgres", "--json"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _start(env, "export", "--source", "postgres", "--json")
         assert _wait(lambda: len(_llm(rx, expected)) >= 10)
         proc.send_signal(signal.SIGKILL)
         proc.communicate(timeout=10)
@@ -212,14 +217,7 @@ def test_sigterm_mid_backlog_stops_after_the_batch_in_hand_and_the_next_run_resu
         env = _env(tmp_path, rx, dsn, LETTA_EXPORTER_BATCH_SIZE="5")
         rx.set_delay(0.3)  # 11 requests: a few seconds for the whole table
         args = ["--source", "postgres"] + (["--json"] if command == "export" else [])
-        proc = subprocess.Popen(
-            [*CLI, command, *args],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        proc = _start(env, command, *args)
         assert _wait(lambda: len(_llm(rx, expected)) >= 5)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
@@ -241,9 +239,7 @@ def test_sigterm_mid_backlog_stops_after_the_batch_in_hand_and_the_next_run_resu
             assert code == 0, err
             assert report["exported"] == len(expected) - len(first)
         else:  # the sidecar's own stream: the next start resumes it
-            proc = subprocess.Popen(
-                [*CLI, command, *args], env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True
-            )
+            proc = _start(env, command, *args)
             try:
                 assert _wait(lambda: _llm(rx, expected) == expected)
             finally:
