@@ -159,6 +159,36 @@ def generate(dsn: str, traces: int, size: str) -> None:
         conn.execute("VACUUM ANALYZE runs")
 
 
+def prepared_database(name: str, traces: int, size: str) -> str:
+    """The DSN of database ``name`` holding Letta's schema and ``traces`` synthetic traces;
+    created, loaded and filled only as far as it does not hold them already (``--reuse``)."""
+    admin = admin_dsn()
+    dsn = with_dbname(admin, name)
+    with psycopg.connect(admin, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    with psycopg.connect(dsn) as conn:
+        have = conn.execute(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'provider_traces'"
+        ).fetchone()
+        schema = bool(have and have[0])
+        row = conn.execute("SELECT count(*) FROM provider_traces").fetchone() if schema else None
+    if not row or row[0] != traces:
+        started = time.perf_counter()
+        if not schema:
+            load_dump(dsn)
+        generate(dsn, traces, size)  # it empties the tables first: the dump's rows go too
+        print(f"generated {traces} traces in {time.perf_counter() - started:.1f} s", flush=True)
+    return dsn
+
+
+def drop_database(name: str) -> None:
+    with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerResult:
     traces: int
@@ -294,33 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
-    admin = admin_dsn()
     name = args.reuse or f"letta_bench_{secrets.token_hex(4)}"
-    dsn = with_dbname(admin, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     try:
-        with psycopg.connect(dsn) as conn:
-            have = conn.execute(
-                "SELECT count(*) FROM information_schema.tables"
-                " WHERE table_name = 'provider_traces'"
-            ).fetchone()
-            rows = (
-                conn.execute("SELECT count(*) FROM provider_traces").fetchone()
-                if have and have[0]
-                else None
-            )
-        if not rows or rows[0] != args.traces:
-            started = time.perf_counter()
-            if not (have and have[0]):
-                load_dump(dsn)
-            generate(dsn, args.traces, args.size)
-            print(
-                f"generated {args.traces} traces in {time.perf_counter() - started:.1f} s",
-                flush=True,
-            )
+        dsn = prepared_database(name, args.traces, args.size)
         with psycopg.connect(dsn) as conn:
             size = conn.execute(
                 "SELECT pg_size_pretty(pg_total_relation_size('provider_traces'))"
@@ -356,10 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     finally:
         if not args.reuse:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            drop_database(name)
     return 0
 
 

@@ -27,16 +27,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from bench.postgres import admin_dsn, generate
+from bench.postgres import drop_database, prepared_database
 from bench.servers import ReceiverProcess
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.pg_support import load_dump, with_dbname  # noqa: E402
 
 
 def run_export(dsn: str, endpoint: str, workers: int) -> dict[str, Any]:
@@ -74,17 +68,6 @@ def run_export(dsn: str, endpoint: str, workers: int) -> dict[str, Any]:
     }
 
 
-def _rows(dsn: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        have = conn.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'provider_traces'"
-        ).fetchone()
-        if not have or not have[0]:
-            return 0
-        row = conn.execute("SELECT count(*) FROM provider_traces").fetchone()
-    return int(row[0]) if row else 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=int, default=20_000)
@@ -96,23 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    admin = admin_dsn()
     name = args.reuse or f"letta_bench_{secrets.token_hex(4)}"
-    dsn = with_dbname(admin, name)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
-        if not exists:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     results = []
     try:
-        rows = _rows(dsn) if exists else 0
-        if rows != args.traces:
-            if not exists:
-                load_dump(dsn)
-            with psycopg.connect(dsn, autocommit=True) as conn:
-                conn.execute("DELETE FROM provider_traces")  # only the synthetic rows
-            generate(dsn, args.traces, args.size)
-            rows = _rows(dsn)
+        dsn = prepared_database(name, args.traces, args.size)
+        rows = args.traces
         for workers in args.workers:
             with ReceiverProcess(workers=4) as receiver:
                 figures = run_export(dsn, receiver.endpoint("grpc"), workers)
@@ -134,10 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     finally:
         if not args.reuse:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            drop_database(name)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -8,6 +8,7 @@ the same millisecond, and nobody comes back early.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import random
 import time
@@ -16,7 +17,7 @@ from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Final
 
-__all__ = ["Jitter", "backoff_delay", "parse_retry_after"]
+__all__ = ["Jitter", "backoff_delay", "parse_retry_after", "wait_or_stop"]
 
 #: A draw in ``[low, high]``; ``random.uniform`` by default, a fixed value in tests.
 Jitter = Callable[[float, float], float]
@@ -90,3 +91,17 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(when.timestamp() - (time.time() if now is None else now), 0.0)
+
+
+async def wait_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep ``seconds`` or until ``stop`` is set, whichever comes first; whether it was set.
+
+    The one wait of every retry and poll: a shutdown never waits out a backoff or a poll.
+    """
+    if stop.is_set():
+        return True
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))
+    except TimeoutError:
+        return False
+    return True

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from opentelemetry.sdk.resources import Resource
 
-from ._retry import backoff_delay
+from ._retry import backoff_delay, wait_or_stop
 from .convert import ConvertOptions, TraceContext, convert_trace
 from .errors import DeliveryBlockedError, RecordInvalidError, UndeliveredError
 from .models import ProviderTrace, parse_record
@@ -253,9 +253,7 @@ async def _send(
             jitter=random.uniform,
         )
         attempt += 1
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
-        if stop.is_set():
+        if await wait_or_stop(stop, wait):
             return None
 
 

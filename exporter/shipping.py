@@ -27,7 +27,6 @@ delivery hooks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import time
@@ -40,7 +39,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from ._batch_split import BatchSplitter, halves
 from ._collector_send import CollectorSender
 from ._outcomes import Outcomes
-from ._retry import Jitter
+from ._retry import Jitter, wait_or_stop
 from .errors import Stopped, UndeliveredError
 from .sink import DeliveringExporter
 from .summary import MAX_NAMED_FAILURES, ExportSummary
@@ -230,9 +229,3 @@ class Shipper:
             await self._sleep(seconds)
         else:
             await wait_or_stop(self._stop, seconds)
-
-
-async def wait_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    """Sleep ``seconds`` or until ``stop`` is set, whichever comes first."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=max(0.0, seconds))

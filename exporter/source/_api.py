@@ -19,12 +19,12 @@ a batch is delivered: this source never moves the checkpoint itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from .._retry import wait_or_stop
 from .._window import ordered_map
 from ..checkpoint import PendingStep, StreamState
 from ..errors import RecordInvalidError
@@ -119,11 +119,7 @@ class ApiSource:
                     last = event.position
                 yield event
             yield CaughtUp(position=last)
-            if not follow or self._stop.is_set():
-                return
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=self.poll_seconds)
-            if self._stop.is_set():
+            if not follow or await wait_or_stop(self._stop, self.poll_seconds):
                 return
             resume = self._state.cursor
 

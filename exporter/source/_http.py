@@ -19,7 +19,7 @@ from urllib.parse import quote
 import httpx
 
 from .._ratelimit import RateLimitedLog
-from .._retry import parse_retry_after
+from .._retry import parse_retry_after, wait_or_stop
 from ..errors import RecordInvalidError, SourceConnectionError, SourceHTTPError, SourceResponseError
 from ..models import load_json
 from ._retry import RetryPolicy, SourceStats, is_retryable
@@ -236,13 +236,7 @@ class Requester:
 
     async def _stopped_during(self, delay: float) -> bool:
         """Wait ``delay`` seconds unless shutdown is requested first; True when it was."""
-        if self._stop.is_set():
-            return True
-        try:
-            await asyncio.wait_for(self._stop.wait(), timeout=delay)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_or_stop(self._stop, delay)
 
     def _detail(self, response: httpx.Response) -> str | None:
         if response.status_code in _AUTH_STATUSES:

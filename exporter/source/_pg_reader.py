@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol
 
 import psycopg
 
+from .._retry import wait_or_stop
 from ..errors import DatabaseConfigError
 from ..models import Agent, ProviderTrace, Run, Step, StepMetrics
 from ._contract import CaughtUp, Event, Found, Unreadable
@@ -96,7 +97,7 @@ class PgReader:
         parse: ParseRow,
         stop: asyncio.Event | None = None,
     ) -> None:
-        self._stop = stop
+        self._stop = stop if stop is not None else asyncio.Event()  # never set: poll on
         self._options = options
         self._connection = connection
         self._origin = origin
@@ -138,14 +139,7 @@ class PgReader:
             except psycopg.Error as exc:
                 raise await connection.read_error(exc) from None
             yield CaughtUp(cursor.encode())
-            if not follow or (self._stop is not None and self._stop.is_set()):
-                return
-            if self._stop is None:
-                await asyncio.sleep(self._options.poll_interval)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self._options.poll_interval)
-            if self._stop.is_set():
+            if not follow or await wait_or_stop(self._stop, self._options.poll_interval):
                 return
 
     async def _read_keys(
