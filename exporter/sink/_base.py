@@ -236,21 +236,7 @@ class DeliveringExporter(SpanExporter):
         """
         if not spans and not self._probe_when_empty:
             return Delivery(delivered=True)
-        if self._shut_down:
-            # Not permanent: the batch itself is fine, another exporter can deliver it.
-            result = Delivery(delivered=False, message=f"{self._target}: exporter is shut down")
-        else:
-            try:
-                result = self._deliver(spans)
-            except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
-                result = Delivery(
-                    delivered=False,
-                    message=f"{self._target}: unexpected {type(exc).__name__}: "
-                    f"{one_line(str(exc))}",
-                )
-        result = self._scrub(result)
-        self._account(len(spans), result)
-        return result
+        return self._once(lambda: self._deliver(spans), len(spans))
 
     def deliver_request(self, body: bytes, *, span_count: int) -> Delivery:
         """Send an encoded ``ExportTraceServiceRequest`` once (a dead-letter replay): like
@@ -264,11 +250,16 @@ class DeliveringExporter(SpanExporter):
             The outcome; a sink that cannot send requests as they are (file, console) answers
             ``delivered=False`` with a configuration failure.
         """
+        return self._once(lambda: self._deliver_request(body), span_count)
+
+    def _once(self, send: Callable[[], Delivery], span_count: int) -> Delivery:
+        """One attempt through ``send``, never raising; scrubbed of secrets and counted."""
         if self._shut_down:
+            # Not permanent: the batch itself is fine, another exporter can deliver it.
             result = Delivery(delivered=False, message=f"{self._target}: exporter is shut down")
         else:
             try:
-                result = self._deliver_request(body)
+                result = send()
             except Exception as exc:  # noqa: BLE001 - the contract is "never raises"
                 result = Delivery(
                     delivered=False,
